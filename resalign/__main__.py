@@ -1,0 +1,108 @@
+"""Command line of resalign: ``python -m resalign --help``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+__all__ = ["main"]
+
+
+def _store_list(args: argparse.Namespace) -> int:
+    from .store import Config, Store
+
+    store = Store(args.store)
+    entries = store.entries()
+    if not entries:
+        print(f"no entries in {store.root}")
+        return 0
+    print(f"{len(entries)} entries in {store.root}:")
+    for meta in entries:
+        config = Config(**meta["config"])
+        ok = "ok " if config in store else "BAD"
+        final = meta.get("final", {})
+        print(
+            f"  {ok} {meta['key']}  {config.describe()}  "
+            f"train {final.get('train_acc', float('nan')):.3f} "
+            f"test {final.get('test_acc', float('nan')):.3f}  "
+            f"({meta.get('train_seconds', '?')} s)"
+        )
+    return 0
+
+
+def _store_verify(args: argparse.Namespace) -> int:
+    from .store import Config, Store
+
+    store = Store(args.store)
+    bad = [m["key"] for m in store.entries() if Config(**m["config"]) not in store]
+    if bad:
+        print(f"{len(bad)} entries fail their checksum: {', '.join(bad)}")
+        print("remake them with: python -m resalign store remake " + " ".join(bad))
+        return 1
+    print(f"all {len(store.entries())} entries in {store.root} verified")
+    return 0
+
+
+def _store_remake(args: argparse.Namespace) -> int:
+    from .store import Config, Store, remake
+
+    store = Store(args.store)
+    entries = {m["key"]: m for m in store.entries()}
+    if args.all:
+        keys = list(entries)
+    else:
+        unknown = [k for k in args.keys if k not in entries]
+        if unknown:
+            print(
+                f"unknown keys: {', '.join(unknown)}; see python -m resalign store list",
+                file=sys.stderr,
+            )
+            return 2
+        keys = args.keys
+    if not keys:
+        print("nothing to remake: give keys or --all", file=sys.stderr)
+        return 2
+    configs = [Config(**entries[k]["config"]) for k in keys]
+    start = time.perf_counter()
+    times = remake(configs, store)
+    for config, seconds in zip(configs, times, strict=True):
+        print(f"  {seconds:7.1f} s  {config.describe()}")
+    print(f"remade {len(configs)} entries in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m resalign",
+        description="Tools around the resalign book: the store of trained models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    store = sub.add_parser("store", help="list, verify or remake trained models")
+    store.add_argument(
+        "--store", default=None, help="store folder (default: data/store)"
+    )
+    ssub = store.add_subparsers(dest="action", required=True)
+    ssub.add_parser("list", help="list entries with their accuracy and training time")
+    ssub.add_parser("verify", help="check every entry's checksum (exit 1 if any fails)")
+    rm = ssub.add_parser(
+        "remake", help="retrain entries from scratch on the CPU and overwrite them"
+    )
+    rm.add_argument("keys", nargs="*", help="entry keys (see 'store list')")
+    rm.add_argument("--all", action="store_true", help="remake every entry")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point."""
+    args = build_parser().parse_args(argv)
+    if args.command == "store":
+        action = {"list": _store_list, "verify": _store_verify}
+        return action.get(args.action, _store_remake)(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
