@@ -18,8 +18,8 @@ _LAZY = {
     "Config": "store",
     "Store": "store",
     "trained": "store",
-    "Report": "measure",
-    "measure": "measure",
+    "Report": "measurement",
+    "measure": "measurement",
 }
 
 __all__ = ["Config", "Report", "Store", "measure", "trained"]

@@ -1,4 +1,4 @@
-"""Figures of the book: each function takes a :class:`~resalign.measure.Report`.
+"""Figures of the book: each function takes a :class:`~resalign.measurement.Report`.
 
 One style for the whole book is set by :func:`use_style` (called on import);
 every function returns its ``matplotlib.figure.Figure`` and draws nothing else.
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .measure import Report
+from .measurement import Report
 
 __all__ = [
     "overview",

@@ -76,6 +76,8 @@ class Config:
         if isinstance(self.classes, list):
             object.__setattr__(self, "classes", tuple(self.classes))
         self.validate()
+        if self.classes == _data.num_classes_of(self.dataset):
+            object.__setattr__(self, "classes", None)  # all classes: one key
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the valid values if a field is wrong."""
