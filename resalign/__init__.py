@@ -20,9 +20,10 @@ _LAZY = {
     "trained": "store",
     "Report": "measurement",
     "measure": "measurement",
+    "measure_trained": "measurement",
 }
 
-__all__ = ["Config", "Report", "Store", "measure", "trained"]
+__all__ = ["Config", "Report", "Store", "measure", "measure_trained", "trained"]
 __version__ = "0.1.0"
 
 

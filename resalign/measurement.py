@@ -22,7 +22,7 @@ from .adapters import as_view
 from .jacobians import residual_jacobians
 from .spectra import dense_svd, top_singular
 
-__all__ = ["Report", "measure", "DENSE_LIMIT"]
+__all__ = ["DENSE_LIMIT", "Report", "measure", "measure_trained"]
 
 #: Blocks whose Jacobian has at most this many entries are decomposed exactly.
 DENSE_LIMIT = 512 * 512
@@ -259,4 +259,21 @@ def neural_collapse_of(
     clf = view.classifier
     return metrics.neural_collapse(
         feats, y.to(device), clf.weight, clf.bias, num_classes=num_classes
+    )
+
+
+def measure_trained(
+    run: object, inputs_per_class: int = 10, k: int = 30, **options: object
+) -> Report:
+    """Measure a :class:`~resalign.store.Trained` run at the authors' inputs.
+
+    RA is measured at the first ``inputs_per_class`` training inputs of every
+    class; Neural Collapse on the whole training set.
+    """
+    from .data import first_per_class
+
+    data = run.data
+    x, y = first_per_class(data.x_train, data.y_train, inputs_per_class)
+    return measure(
+        run.model, x, y, k=k, nc_data=(data.x_train, data.y_train), **options
     )

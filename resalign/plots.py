@@ -22,6 +22,8 @@ __all__ = [
     "plot_coupling",
     "plot_depth_scaling",
     "plot_inverse_sigma",
+    "plot_line_scores",
+    "plot_step_lengths",
     "plot_neural_collapse",
     "plot_spectra",
     "plot_trajectories",
@@ -144,11 +146,7 @@ def plot_coupling(report: Report) -> Figure:
     vmax = max(1.0, float(np.nanmax(grids[1])))
     for ax, grid, title in zip(axes, grids, titles, strict=True):
         im = ax.imshow(grid, vmin=0, vmax=vmax, cmap="viridis")
-        L = grid.shape[0]
-        ticks = np.arange(L)
-        ax.set_xticks(ticks, ticks + 1, fontsize=7)
-        ax.set_yticks(ticks, ticks + 1, fontsize=7)
-        ax.grid(False)
+        _block_ticks(ax, grid.shape[0])
         ax.set_xlabel("block j (bases)")
         ax.set_ylabel("block i (Jacobian)")
         ax.set_title(title)
@@ -247,7 +245,7 @@ def overview(report: Report) -> Figure:
 def _coupling_panel(report: Report, ax: plt.Axes, fig: Figure) -> None:
     grid = report.ra2["coupling_grid"]
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
-    ax.grid(False)
+    _block_ticks(ax, grid.shape[0])
     ax.set_xlabel("block j")
     ax.set_ylabel("block i")
     ax.set_title(
@@ -255,6 +253,51 @@ def _coupling_panel(report: Report, ax: plt.Axes, fig: Figure) -> None:
         f"(random {report.ra2['coupling_random']:.2f})"
     )
     fig.colorbar(im, ax=ax, shrink=0.8, label="m(i, j), 0 = aligned")
+
+
+def _block_ticks(ax: plt.Axes, L: int) -> None:
+    """Label the rows and columns of an L x L block grid 1..L."""
+    ticks = np.arange(L)
+    step = max(1, L // 8)
+    ax.set_xticks(ticks[::step], (ticks + 1)[::step], fontsize=7)
+    ax.set_yticks(ticks[::step], (ticks + 1)[::step], fontsize=7)
+    ax.grid(False)
+
+
+def plot_line_scores(reports: Mapping[str, Report]) -> Figure:
+    """RA1 per input: line-shape score and step-length CV for several models."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for m, (name, rep) in enumerate(reports.items()):
+        lss = np.asarray(rep.ra1["line_shape_score"])
+        cv = np.asarray(rep.ra1["step_cv"])
+        axes[0].hist(lss, bins=30, alpha=0.6, color=PALETTE(m), label=name)
+        axes[1].hist(cv, bins=30, alpha=0.6, color=PALETTE(m), label=name)
+    axes[0].set_xlabel("line-shape score (1 = straight)")
+    axes[1].set_xlabel("CV of step lengths (0 = equal steps)")
+    for ax in axes:
+        ax.set_ylabel("inputs")
+        ax.legend()
+    fig.suptitle("RA1 per input")
+    return fig
+
+
+def plot_step_lengths(reports: Mapping[str, Report]) -> Figure:
+    """RA1: length of each step |h_{l+1} - h_l| (median and quartiles over inputs)."""
+    fig, ax = _axes(None, (5.5, 3.6))
+    for m, (name, rep) in enumerate(reports.items()):
+        hs = _stacked(rep)
+        steps = (hs[1:] - hs[:-1]).norm(dim=-1).numpy()  # (L, N)
+        steps = steps / np.median(steps)
+        x = np.arange(1, steps.shape[0] + 1)
+        q1, med, q3 = np.percentile(steps, [25, 50, 75], axis=1)
+        ax.plot(x, med, "o-", color=PALETTE(m), label=name)
+        ax.fill_between(x, q1, q3, color=PALETTE(m), alpha=0.2)
+    ax.set_xlabel("block l")
+    ax.set_ylabel(r"$|h_{l} - h_{l-1}|$ / median step")
+    ax.set_yscale("log")
+    ax.set_title("RA1: step lengths along the path")
+    ax.legend()
+    return fig
 
 
 def _axes(ax: plt.Axes | None, size: tuple[float, float]) -> tuple[Figure, plt.Axes]:

@@ -79,6 +79,23 @@ class Config:
         if self.classes == _data.num_classes_of(self.dataset):
             object.__setattr__(self, "classes", None)  # all classes: one key
 
+    @classmethod
+    def from_chapter(
+        cls,
+        *,
+        num_classes: int | None = None,
+        epochs: int | None = None,
+        steps: int | None = None,
+        **fields: object,
+    ) -> Config:
+        """Build a config from a chapter's parameters.
+
+        ``num_classes`` C selects the first C classes; ``epochs``, when given,
+        takes precedence over ``steps``. Other names must be config fields.
+        """
+        length = {"epochs": epochs, "steps": None} if epochs else {"steps": steps}
+        return cls().replace(classes=num_classes, **length, **fields)
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the valid values if a field is wrong."""
         _data.validate_dataset_args(self.dataset, self.classes, self.per_class)
