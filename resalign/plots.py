@@ -107,8 +107,10 @@ def plot_trajectories(
 def plot_alignment_grid(report: Report, K: int | None = None, top: int = 8) -> Figure:
     """RA2: panel (i, j) is the mean of |U_j^T J_i V_j| over the top K of block j.
 
-    Under RA2 every panel is nearly diagonal. At most ``top`` blocks (spread
-    evenly over depth) are drawn so that panels stay legible.
+    Under RA2 every panel is nearly diagonal. Each row is divided by the top
+    singular value of its block i, so that deep blocks (with small singular
+    values) stay visible. At most ``top`` blocks (spread evenly over depth) are
+    drawn so that panels stay legible.
     """
     grid = report.ra2["alignment_grid"]
     L = grid.shape[0]
@@ -117,12 +119,11 @@ def plot_alignment_grid(report: Report, K: int | None = None, top: int = 8) -> F
     fig, axes = plt.subplots(
         len(idx), len(idx), figsize=(1.3 * len(idx) + 1, 1.3 * len(idx)), squeeze=False
     )
-    vmax = np.nanmax(grid[..., :K, :K])
     for a, i in enumerate(idx):
+        scale = grid[i, i, 0, 0]  # sigma_1 of block i, so rows share a scale
         for b, j in enumerate(idx):
             ax = axes[a, b]
-            panel = grid[i, j, :K, :K]
-            im = ax.imshow(panel, vmin=0, vmax=vmax, cmap="magma")
+            im = ax.imshow(grid[i, j, :K, :K] / scale, vmin=0, vmax=1, cmap="magma")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.grid(False)
@@ -130,7 +131,8 @@ def plot_alignment_grid(report: Report, K: int | None = None, top: int = 8) -> F
                 ax.set_xlabel(f"j={j + 1}", fontsize=8)
             if b == 0:
                 ax.set_ylabel(f"i={i + 1}", fontsize=8)
-    fig.colorbar(im, ax=axes, shrink=0.6, label=r"mean $|U_j^\top J_i V_j|$")
+    label = r"mean $|U_j^\top J_i V_j|\,/\,\sigma_1(J_i)$"
+    fig.colorbar(im, ax=axes, shrink=0.6, label=label)
     fig.suptitle(f"RA2: alignment of block i's Jacobian to block j's top {K}")
     return fig
 
