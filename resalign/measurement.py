@@ -9,8 +9,9 @@ for large ones), and collects RA1-RA4 and Neural Collapse into a
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +85,22 @@ class Report:
         }
         out.update({k: float(v) for k, v in self.nc.items()})
         return out
+
+
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch's CPU kernels on one thread inside the block.
+
+    Batched SVDs and QRs of many small matrices were measured here to run up to
+    100 times slower on two threads than on one when the cores are busy
+    (threads spin while waiting for each other); the work is batched already.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _stages(shapes: Sequence[tuple[int, ...]]) -> list[list[int]]:
@@ -165,11 +182,29 @@ def measure(
     Report
     """
     view = as_view(model)
-    device = next(view.classifier.parameters()).device
-    x = inputs.to(device)
     num_classes = num_classes or view.classifier.out_features
     if k <= num_classes:
         raise ValueError(f"k={k} must exceed num_classes={num_classes} for RA3")
+    with single_thread():
+        return _measure(
+            view,
+            inputs,
+            labels,
+            k,
+            num_classes,
+            nc_data,
+            rank_rtol,
+            batch_size,
+            seed,
+            progress,
+        )
+
+
+def _measure(
+    view, inputs, labels, k, num_classes, nc_data, rank_rtol, batch_size, seed, progress
+) -> Report:
+    device = next(view.classifier.parameters()).device
+    x = inputs.to(device)
 
     hs = [h.detach() for h in _representations(view, x)]
     blocks = view.blocks()
