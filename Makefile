@@ -35,8 +35,8 @@ book: $(STAMP) system-deps  ## build the book into _build/html (CPU defaults)
 	$(VENV)/bin/jupyter-book build . --keep-going
 	@echo "open _build/html/index.html"
 
-test: $(STAMP) system-deps  ## run every test: unit, notebooks (nbval), rendered book
-	$(VENV)/bin/pytest tests chapters
+test: book  ## run every test: unit, notebooks (nbval), the rendered book
+	$(VENV)/bin/pytest tests chapters --durations=15
 	@echo "all tests passed"
 
 unit: $(STAMP)  ## only the unit tests (fast)

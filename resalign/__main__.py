@@ -55,7 +55,8 @@ def _store_remake(args: argparse.Namespace) -> int:
         unknown = [k for k in args.keys if k not in entries]
         if unknown:
             print(
-                f"unknown keys: {', '.join(unknown)}; see python -m resalign store list",
+                f"unknown keys: {', '.join(unknown)}; "
+                "see python -m resalign store list",
                 file=sys.stderr,
             )
             return 2
@@ -72,11 +73,64 @@ def _store_remake(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"-p takes name=value, got {pair!r}")
+        out[name] = yaml.safe_load(value)
+    return out
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    from . import rerun as rr
+
+    if args.list or not args.chapter:
+        for chapter in rr.chapters():
+            names = ", ".join(rr.presets(chapter))
+            print(f"  {chapter:24s} presets: {names}")
+        return 0
+    try:
+        the_plan = rr.plan(
+            args.chapter, args.preset, _parse_overrides(args.param), args.out
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import torch
+
+    device = (
+        "cuda (" + torch.cuda.get_device_name() + ")"
+        if torch.cuda.is_available()
+        else "cpu"
+    )
+    print(f"chapter    {the_plan.chapter}")
+    print(f"preset     {the_plan.preset}: {the_plan.description}")
+    print(f"parameters {the_plan.parameters or '(defaults)'}")
+    print(f"device     {device} (device='auto' in the chapter picks it)")
+    print(f"estimate   {the_plan.estimate or 'not measured for this preset'}")
+    print(f"output     {the_plan.out}")
+    if args.dry_run:
+        return 0
+    try:
+        out = rr.rerun(the_plan, progress=True)
+    except Exception as err:  # noqa: BLE001 - report any failure the same way
+        print(f"\nthe chapter failed: {type(err).__name__}", file=sys.stderr)
+        print(f"outputs so far are in {the_plan.out}", file=sys.stderr)
+        return 1
+    print(f"\ndone: notebook, figures/ and metrics.json are in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
         prog="python -m resalign",
-        description="Tools around the resalign book: the store of trained models.",
+        description="Tools around the resalign book: rerun chapters with presets, "
+        "and list, verify or remake the store of trained models.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -92,12 +146,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("keys", nargs="*", help="entry keys (see 'store list')")
     rm.add_argument("--all", action="store_true", help="remake every entry")
+
+    rr = sub.add_parser(
+        "rerun",
+        help="execute a chapter with a preset (papermill)",
+        description="Execute a chapter with the parameters of a preset; outputs "
+        "(executed notebook, figures, metrics.json) go to reruns/CHAPTER-PRESET/.",
+    )
+    rr.add_argument("chapter", nargs="?", help="chapter name, e.g. 02_ra1_line")
+    rr.add_argument("preset", nargs="?", default="cpu", help="preset (default cpu)")
+    rr.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override one parameter (YAML value), repeatable",
+    )
+    rr.add_argument("--out", default=None, help="output folder")
+    rr.add_argument("--list", action="store_true", help="list chapters and presets")
+    rr.add_argument(
+        "--dry-run", action="store_true", help="check and print the plan, run nothing"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = build_parser().parse_args(argv)
+    if args.command == "rerun":
+        return _rerun(args)
     if args.command == "store":
         action = {"list": _store_list, "verify": _store_verify}
         return action.get(args.action, _store_remake)(args)
