@@ -54,6 +54,11 @@ bench: $(STAMP)  ## run the benchmarks (ratios against baselines, one run each)
 	$(PY) benchmarks/bench_spectra.py
 	$(PY) benchmarks/bench_scaling.py
 
+rerun: $(STAMP)  ## rerun a chapter: make rerun CHAPTER=02_ra1_line PRESET=paper
+	@test -n "$(CHAPTER)" || { $(PY) -m resalign rerun --list; \
+	  echo "usage: make rerun CHAPTER=<name> [PRESET=<preset>]"; exit 2; }
+	$(PY) -m resalign rerun $(CHAPTER) $(or $(PRESET),cpu)
+
 retrain: $(STAMP)  ## retrain every shipped model in data/store from scratch
 	$(PY) -m resalign store remake --all
 

@@ -9,7 +9,6 @@ also written there as JSON (atomically), which is how reruns collect them.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass

@@ -215,7 +215,9 @@ def _measure(
             block_spectrum(block, hs[i][j : j + batch_size], k, seed=seed + i)
             for j in range(0, len(x), batch_size)
         ]
-        spectra.append(tuple(torch.cat(p).detach().cpu() for p in zip(*parts)))
+        spectra.append(
+            tuple(torch.cat(p).detach().cpu() for p in zip(*parts, strict=True))
+        )
     flat = [h.flatten(1).cpu() for h in hs]
     label_cpu = labels.cpu() if labels is not None else torch.zeros(len(x), dtype=int)
     report = Report(flat, spectra, label_cpu, num_classes)
