@@ -10,7 +10,6 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= 1
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 .PHONY: help book test unit notebooks browser-test lint bench retrain rerun clean \
         system-deps browser venv

@@ -125,6 +125,35 @@ def _rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    client = None
+    if args.scheduler:
+        from dask.distributed import Client
+
+        client = Client(args.scheduler)
+    try:
+        jobs = run_sweep(
+            args.chapters.split(","),
+            args.presets.split(","),
+            [int(s) for s in args.seeds.split(",")],
+            args.out,
+            client=client,
+            workers=args.workers,
+        )
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for job in jobs:
+        print(f"  {job.status:8s} {job.out}  {job.error[:120]}")
+    failed = [j for j in jobs if j.status == "failed"]
+    print(f"{len(jobs) - len(failed)} of {len(jobs)} jobs passed or were done before")
+    if failed:
+        print("run the same command again to retry only the failed jobs")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     parser = argparse.ArgumentParser(
@@ -168,6 +197,23 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument(
         "--dry-run", action="store_true", help="check and print the plan, run nothing"
     )
+
+    sw = sub.add_parser(
+        "sweep",
+        help="rerun chapters x presets x seeds as jobs on a Dask cluster",
+        description="Each combination runs as an independent job; finished jobs "
+        "are kept when others fail, and a repeated sweep skips what is done.",
+    )
+    sw.add_argument("--chapters", required=True, help="comma-separated names")
+    sw.add_argument("--presets", default="cpu", help="comma-separated (default cpu)")
+    sw.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    sw.add_argument("--out", default="reruns/sweep", help="output root folder")
+    sw.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running Dask scheduler (default: a local cluster)",
+    )
+    sw.add_argument("--workers", type=int, default=2, help="local cluster workers")
     return parser
 
 
@@ -176,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "rerun":
         return _rerun(args)
+    if args.command == "sweep":
+        return _sweep(args)
     if args.command == "store":
         action = {"list": _store_list, "verify": _store_verify}
         return action.get(args.action, _store_remake)(args)

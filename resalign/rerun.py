@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Plan", "chapters", "plan", "presets", "rerun"]
+__all__ = ["Plan", "chapters", "is_done", "plan", "presets", "rerun"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = ROOT / "chapters"
@@ -44,6 +44,12 @@ class Plan:
     description: str = ""
     estimate: str = ""
     defaults: dict = field(default_factory=dict)
+    folder: Path = CHAPTERS
+
+    @property
+    def source(self) -> Path:
+        """The chapter's notebook."""
+        return self.folder / f"{self.chapter}.ipynb"
 
 
 def chapters(folder: Path = CHAPTERS) -> list[str]:
@@ -126,6 +132,7 @@ def plan(
         known[preset].get("description", ""),
         known[preset].get("estimate", ""),
         defaults,
+        folder,
     )
 
 
@@ -142,6 +149,14 @@ def _save_figures(nb: dict, folder: Path) -> list[Path]:
     return paths
 
 
+def is_done(out: Path) -> bool:
+    """Whether ``out`` holds a finished, passing rerun (its ``run.json`` says so)."""
+    try:
+        return bool(json.loads((out / "run.json").read_text())["passed"])
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def rerun(the_plan: Plan, *, progress: bool = True, kernel: str = "python3") -> Path:
     """Execute a planned rerun; return the folder holding its outputs.
 
@@ -156,7 +171,7 @@ def rerun(the_plan: Plan, *, progress: bool = True, kernel: str = "python3") -> 
 
     out = the_plan.out
     out.mkdir(parents=True, exist_ok=True)
-    source = CHAPTERS / f"{the_plan.chapter}.ipynb"
+    source = the_plan.source
     partial = out / f"{the_plan.chapter}.ipynb.partial"
     final = out / f"{the_plan.chapter}.ipynb"
     metrics = out / "metrics.json"
@@ -169,7 +184,7 @@ def rerun(the_plan: Plan, *, progress: bool = True, kernel: str = "python3") -> 
             str(source),
             str(partial),
             parameters=the_plan.parameters,
-            cwd=str(CHAPTERS),
+            cwd=str(the_plan.folder),
             kernel_name=kernel,
             progress_bar=progress,
         )
