@@ -17,6 +17,7 @@ asserted metric, written by :func:`resalign.checks.verify`).
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import os
@@ -87,8 +88,14 @@ def presets(chapter: str, folder: Path = CHAPTERS) -> dict[str, dict]:
 def _notebook_parameters(path: Path) -> dict:
     import papermill
 
+    def value(source: str) -> object:
+        try:
+            return ast.literal_eval(source)
+        except (ValueError, SyntaxError):
+            return source  # an expression: left to the notebook
+
     return {
-        name: info["default"]
+        name: value(info["default"])
         for name, info in papermill.inspect_notebook(str(path)).items()
     }
 
@@ -123,6 +130,7 @@ def plan(
             f"{chapter} has no parameter(s) {', '.join(unknown)}; "
             f"valid: {', '.join(defaults)}"
         )
+    check_values(defaults | params)
     out = Path(out) if out else ROOT / "reruns" / f"{chapter}-{preset}"
     return Plan(
         chapter,
@@ -134,6 +142,22 @@ def plan(
         defaults,
         folder,
     )
+
+
+#: Chapter parameters that are fields of :class:`resalign.store.Config`.
+_CONFIG_PARAMS = ("dataset", "num_classes", "width", "depth", "epochs", "steps", "seed")
+
+
+def check_values(params: dict) -> None:
+    """Reject bad parameter values (dataset, sizes, device) before anything runs."""
+    from .store import Config
+    from .training import resolve_device
+
+    fields = {k: params[k] for k in _CONFIG_PARAMS if k in params}
+    if fields:
+        Config.from_chapter(**fields)
+    if "device" in params:
+        resolve_device(params["device"])
 
 
 def _save_figures(nb: dict, folder: Path) -> list[Path]:

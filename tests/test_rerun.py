@@ -14,7 +14,7 @@ from resalign.sweep import run_sweep
 def _write_chapter(folder, name="tiny"):
     """A chapter whose claim holds for seed < 2 and fails otherwise."""
     nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("seed = 0\nscale = 1.0")
+    params = nbformat.v4.new_code_cell("seed = 0\nscale = 1.0\ndevice = 'auto'")
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
         params,
@@ -48,7 +48,9 @@ def test_plan_rejects_unknown_names_before_running(tmp_path):
         rr.plan("nope", folder=folder)
     with pytest.raises(ValueError, match="valid: cpu, big"):
         rr.plan("tiny", "paper", folder=folder)
-    with pytest.raises(ValueError, match="valid: seed, scale"):
+    with pytest.raises(ValueError, match="'auto', 'cpu'"):
+        rr.plan("tiny", "cpu", {"device": "tpu9"}, folder=folder)
+    with pytest.raises(ValueError, match="valid: seed, scale, device"):
         rr.plan("tiny", "cpu", {"sede": 1}, folder=folder)
     p = rr.plan("tiny", "big", {"seed": 1}, tmp_path / "out", folder=folder)
     assert p.parameters == {"scale": 3.0, "seed": 1}
