@@ -18,6 +18,7 @@ from .measurement import Report
 
 __all__ = [
     "overview",
+    "plot_class_means",
     "plot_alignment_grid",
     "plot_coupling",
     "plot_depth_scaling",
@@ -25,6 +26,9 @@ __all__ = [
     "plot_line_scores",
     "plot_step_lengths",
     "plot_neural_collapse",
+    "plot_rank_vs_classes",
+    "plot_relative_spectra",
+    "plot_sigma_profiles",
     "plot_spectra",
     "plot_trajectories",
     "project_2d",
@@ -255,6 +259,203 @@ def _coupling_panel(report: Report, ax: plt.Axes, fig: Figure) -> None:
         f"(random {report.ra2['coupling_random']:.2f})"
     )
     fig.colorbar(im, ax=ax, shrink=0.8, label="m(i, j), 0 = aligned")
+
+
+def plot_rank_vs_classes(
+    reports: Sequence[Report], ax: plt.Axes | None = None
+) -> Figure:
+    """RA3 across class counts: numerical rank of every block against C.
+
+    Parameters
+    ----------
+    reports : sequence of Report
+        One per model, each trained on C classes (read from ``num_classes``).
+    ax : Axes, optional
+        Where to draw; a new figure otherwise.
+
+    Returns
+    -------
+    Figure
+        Per block, the median over inputs of ``report.ra3["rank"]`` (values
+        above ``rtol * sigma_1``) against C, one line per block, beside the
+        lines rank = C (RA3's bound) and rank = C - 1.
+    """
+    fig, ax = _axes(ax, (5.5, 4))
+    cs = np.array([rep.num_classes for rep in reports], dtype=float)
+    ranks = np.stack([np.median(rep.ra3["rank"], axis=1) for rep in reports], axis=1)
+    L = ranks.shape[0]
+    cmap = plt.get_cmap("viridis")
+    offsets = np.linspace(-0.15, 0.15, L) if L > 1 else np.zeros(1)
+    for block in range(L):
+        color = cmap(block / max(L - 1, 1))
+        label = f"block {block + 1}"
+        ax.plot(cs + offsets[block], ranks[block], "o-", color=color, ms=4, label=label)
+    grid = np.linspace(cs.min(), cs.max(), 50)
+    ref = {"lw": 1.5, "zorder": 3, "alpha": 0.8}
+    ax.plot(grid, grid, "-", color="black", label="rank = C", **ref)
+    ax.plot(grid, grid - 1, "--", color=HIGHLIGHT, label="rank = C - 1", **ref)
+    rtol = reports[0].ra3.get("rtol", 1e-2)
+    ax.set_xticks(cs, [str(int(c)) for c in cs])
+    ax.set_xlabel("number of classes C")
+    ax.set_ylabel(f"median numerical rank (> {rtol:g} " + r"$\sigma_1$)")
+    ax.set_title("RA3: rank of the Residual Jacobians against C")
+    ax.legend(fontsize=7, ncols=2)
+    return fig
+
+
+def plot_relative_spectra(
+    reports: Sequence[Report],
+    top: int = 15,
+    first_block: int = 2,
+    ax: plt.Axes | None = None,
+) -> Figure:
+    """RA3: where the spectrum drops, for models trained on different C.
+
+    Parameters
+    ----------
+    reports : sequence of Report
+        One per model; C is read from ``num_classes``.
+    top : int, default 15
+        Number of singular values drawn.
+    first_block : int, default 2
+        First block (1-based) pooled; blocks before it are left out.
+    ax : Axes, optional
+        Where to draw; a new figure otherwise.
+
+    Returns
+    -------
+    Figure
+        The median and quartiles over blocks ``first_block..L`` and inputs of
+        ``sigma_r / sigma_1`` against r, on a log scale, with the numerical
+        rank tolerance as a horizontal line. A square marks r = C.
+    """
+    fig, ax = _axes(ax, (5.5, 4))
+    r = np.arange(1, top + 1)
+    for m, rep in enumerate(reports):
+        sigma = rep.sigma[first_block - 1 :, :, :top]
+        rel = (sigma / sigma[..., :1]).reshape(-1, sigma.shape[-1])
+        q1, med, q3 = np.percentile(rel, [25, 50, 75], axis=0)
+        C = rep.num_classes
+        color = PALETTE(m)
+        ax.plot(r[: med.size], med, "o-", color=color, ms=3, label=f"C = {C}")
+        ax.fill_between(r[: med.size], q1, q3, color=color, alpha=0.2)
+        if C <= med.size:
+            ax.plot(C, med[C - 1], "s", color=color, ms=8, mfc="none", mew=1.5)
+    rtol = reports[0].ra3.get("rtol", 1e-2)
+    ax.axhline(rtol, color="black", lw=0.8, ls=":", label=f"{rtol:g} (rank cut)")
+    ax.set_yscale("log")
+    ax.set_xlabel("index r")
+    ax.set_ylabel(r"$\sigma_r / \sigma_1$")
+    ax.set_title(f"RA3: spectra of blocks {first_block}..L (square: r = C)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_class_means(
+    features: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+) -> Figure:
+    """Neural Collapse in pictures: the geometry of the last-layer class means.
+
+    Parameters
+    ----------
+    features : mapping of str to (features, labels)
+        For each model (one column), last-layer features ``(N, D)`` and
+        integer labels ``(N,)`` in ``0 .. C-1``, every class present.
+
+    Returns
+    -------
+    Figure
+        Top row: cosines between the centred class means ``mu_c - mu_G``; a
+        simplex equiangular tight frame has ``1`` on the diagonal and
+        ``-1/(C-1)`` elsewhere. Bottom row: every centred feature projected
+        on the top two principal directions of the centred class means,
+        coloured by class, with the class means as black crosses; under
+        collapse each class shrinks to its mean.
+    """
+    names = list(features)
+    fig, axes = plt.subplots(
+        2, len(names), figsize=(3.4 * len(names) + 1, 6.4), squeeze=False
+    )
+    for col, name in enumerate(names):
+        h = torch.as_tensor(features[name][0]).detach().cpu().double()
+        labels = torch.as_tensor(features[name][1]).cpu().long()
+        C = int(labels.max()) + 1
+        means = torch.stack([h[labels == c].mean(0) for c in range(C)])
+        centre = h.mean(0)
+        m = means - centre
+        unit = m / m.norm(dim=1, keepdim=True)
+        cos = (unit @ unit.T).numpy()
+        off = cos[~np.eye(C, dtype=bool)]
+        ax = axes[0, col]
+        im = ax.imshow(cos, vmin=-1, vmax=1, cmap="RdBu_r")
+        ax.set_xticks(range(C), range(C), fontsize=7)
+        ax.set_yticks(range(C), range(C), fontsize=7)
+        ax.grid(False)
+        ax.set_title(f"{name}\noff-diagonal cos {off.mean():.2f} ± {off.std():.2f}")
+        basis = torch.linalg.svd(m, full_matrices=False)[2][:2].T
+        xy = ((h - centre) @ basis).numpy()
+        mu = (m @ basis).numpy()
+        ax = axes[1, col]
+        for c in range(C):
+            pts = xy[labels.numpy() == c]
+            ax.scatter(
+                pts[:, 0], pts[:, 1], s=2, color=PALETTE(c % 10), alpha=0.3, lw=0
+            )
+        ax.scatter(mu[:, 0], mu[:, 1], marker="x", s=16, lw=0.8, color="k")
+        ax.set_xlabel("class-mean PC 1")
+        ax.set_ylabel("class-mean PC 2")
+        ax.set_aspect("equal", adjustable="datalim")
+    fig.colorbar(im, ax=axes[0, :], shrink=0.8, label="cosine of centred means")
+    handles = [
+        mpl.lines.Line2D([], [], ls="", marker="o", color=PALETTE(c % 10), label=str(c))
+        for c in range(min(C, 10))
+    ]
+    axes[1, -1].legend(
+        handles=handles,
+        title="class",
+        fontsize=7,
+        loc="center left",
+        bbox_to_anchor=(1.02, 0.5),
+    )
+    return fig
+
+
+def plot_sigma_profiles(
+    reports: Sequence[Report], scaled: bool = False, ax: plt.Axes | None = None
+) -> Figure:
+    """RA4 across networks: sigma_1 of every block against relative depth l/L.
+
+    Parameters
+    ----------
+    reports : sequence of Report
+        One per network; the total depth L is read from ``report.depth``.
+    scaled : bool, default False
+        Multiply sigma_1 by L. If sigma_1 at a fixed relative depth scales as
+        1/L, the scaled profiles of all networks fall on one curve.
+    ax : Axes, optional
+        Where to draw; a new figure otherwise.
+
+    Returns
+    -------
+    Figure
+        One line per network: ``report.ra4["sigma1"]`` (the mean over inputs of
+        each block's sigma_1), or L times it, against l/L, on a log scale.
+    """
+    fig, ax = _axes(ax, (5, 3.8))
+    cmap = plt.get_cmap("plasma")
+    for m, rep in enumerate(reports):
+        L = rep.depth
+        sigma1 = np.asarray(rep.ra4["sigma1"]) * (L if scaled else 1)
+        color = cmap(0.85 * m / max(len(reports) - 1, 1))
+        x = np.arange(1, L + 1) / L
+        ax.plot(x, sigma1, "o-", color=color, ms=3, label=f"L = {L}")
+    ax.set_yscale("log")
+    ax.set_xlabel("relative depth l / L")
+    ax.set_ylabel(r"$L\,\sigma_1(J_l)$" if scaled else r"$\sigma_1(J_l)$")
+    kind = r"$L\,\sigma_1$" if scaled else r"$\sigma_1$"
+    ax.set_title(f"RA4: {kind} per block, networks of depth L")
+    ax.legend(fontsize=8)
+    return fig
 
 
 def _block_ticks(ax: plt.Axes, L: int) -> None:

@@ -93,7 +93,10 @@ class Config:
         ``num_classes`` C selects the first C classes; ``epochs``, when given,
         takes precedence over ``steps``. Other names must be config fields.
         """
-        length = {"epochs": epochs, "steps": None} if epochs else {"steps": steps}
+        if epochs:
+            length: dict = {"epochs": epochs, "steps": None}
+        else:
+            length = {} if steps is None else {"steps": steps}
         return cls().replace(classes=num_classes, **length, **fields)
 
     def validate(self) -> None:
