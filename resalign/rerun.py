@@ -196,7 +196,7 @@ def rerun(the_plan: Plan, *, progress: bool = True, kernel: str = "python3") -> 
     out = the_plan.out
     out.mkdir(parents=True, exist_ok=True)
     source = the_plan.source
-    partial = out / f"{the_plan.chapter}.ipynb.partial"
+    partial = out / f"{the_plan.chapter}.partial.ipynb"
     final = out / f"{the_plan.chapter}.ipynb"
     metrics = out / "metrics.json"
     metrics.unlink(missing_ok=True)

@@ -61,7 +61,7 @@ def test_rerun_writes_notebook_figures_and_metrics(tmp_path):
     out = rr.rerun(
         rr.plan("tiny", "big", out=tmp_path / "out", folder=folder), progress=False
     )
-    assert (out / "tiny.ipynb").exists() and not (out / "tiny.ipynb.partial").exists()
+    assert (out / "tiny.ipynb").exists() and not (out / "tiny.partial.ipynb").exists()
     assert len(list((out / "figures").glob("*.png"))) == 1
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["chapter"] == "tiny" and metrics["checks"][0]["passed"]
