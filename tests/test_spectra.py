@@ -1,0 +1,194 @@
+"""Top singular triplets: matrix-free Lanczos against dense SVD."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from resalign.jacobians import residual_jacobians
+from resalign.spectra import dense_svd, top_singular
+
+K = 12
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small LAPACK calls on shared CPUs run faster (and steadier) on one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _conv_branch(c_in: int, c_out: int, stride: int, seed: int) -> nn.Sequential:
+    """A basic-block branch in eval mode with non-trivial BatchNorm statistics."""
+    torch.manual_seed(seed)
+    branch = nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+    )
+    with torch.no_grad():
+        for m in branch:
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return branch.double().eval()
+
+
+def _inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).relu()
+
+
+def _sin_largest_angle(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sine of the largest principal angle between column spans, per input."""
+    cos = torch.linalg.svdvals(a.mT @ b)
+    return (1 - cos.min(-1).values.clamp(max=1) ** 2).clamp_min(0).sqrt()
+
+
+def _gapped_prefix(s: torch.Tensor, rel_gap: float = 0.02) -> int:
+    """Largest j <= len(s) - 1 with a relative gap after s[j-1] in every input."""
+    gaps = (s[:, :-1] - s[:, 1:]) / s[:, :-1]
+    ok = (gaps > rel_gap).all(0).nonzero().flatten()
+    return int(ok.max()) + 1 if len(ok) else 0
+
+
+def _check_against_dense(jac: torch.Tensor, u, s, v, k: int) -> None:
+    du, ds, dv = dense_svd(jac, k + 1)
+    torch.testing.assert_close(s, ds[:, :k], rtol=1e-4, atol=0)
+    # Pairing J v_i = s_i u_i holds exactly; J^T u_i = s_i v_i to the tolerance.
+    torch.testing.assert_close(jac @ v, u * s[:, None, :], rtol=0, atol=1e-10)
+    back = jac.mT @ u - v * s[:, None, :]
+    assert float(back.norm(dim=1).max() / s.min()) < 1e-2
+    eye = torch.eye(k, dtype=u.dtype)
+    torch.testing.assert_close(u.mT @ u, eye.expand_as(u.mT @ u), atol=1e-10, rtol=0)
+    torch.testing.assert_close(v.mT @ v, eye.expand_as(v.mT @ v), atol=1e-10, rtol=0)
+    j = _gapped_prefix(ds)
+    assert j >= 1, "test block has no spectral gap to compare subspaces"
+    assert float(_sin_largest_angle(u[..., :j], du[..., :j]).max()) < 1e-2
+    assert float(_sin_largest_angle(v[..., :j], dv[..., :j]).max()) < 1e-2
+
+
+def test_square_conv_block_matches_dense_svd() -> None:
+    branch = _conv_branch(8, 8, 1, seed=0)
+    h = _inputs((2, 8, 8, 8), seed=1)  # d = 512
+    u, s, v, info = top_singular(branch, h, K, return_info=True)
+    assert info["steps"] > 0  # the Lanczos route, not the dense one
+    assert u.shape == (2, 512, K) and s.shape == (2, K) and v.shape == (2, 512, K)
+    assert torch.all(s[:, :-1] >= s[:, 1:])
+    jac = residual_jacobians(branch, h)
+    _check_against_dense(jac, u, s, v, K)
+
+
+def test_downsampling_block_with_projection_skip() -> None:
+    branch = _conv_branch(8, 16, 2, seed=2)
+    torch.manual_seed(3)
+    skip = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
+    skip = skip.double().eval()
+    h = _inputs((2, 8, 8, 8), seed=4)  # 512 -> 256
+    jac = residual_jacobians(branch, h, "relu", skip)
+    assert jac.shape == (2, 256, 512)
+    lanczos = top_singular(branch, h, K, "relu", skip, iters=20, return_info=True)
+    assert lanczos[3]["steps"] > 0
+    _check_against_dense(jac, *lanczos[:3], K)
+    dense = top_singular(branch, h, K, "relu", skip, return_info=True)
+    assert dense[3]["steps"] == 0  # min(d) <= block * iters: exact route
+    _check_against_dense(jac, *dense[:3], K)
+
+
+def test_pre_activation_block_without_skip() -> None:
+    branch = _conv_branch(4, 4, 1, seed=5)
+    h = _inputs((1, 4, 8, 8), seed=6)  # d = 256
+    u, s, v = top_singular(branch, h, 6, post=None, skip=None, iters=10)
+    assert not (u.requires_grad or s.requires_grad or v.requires_grad)
+    _check_against_dense(residual_jacobians(branch, h, None, None), u, s, v, 6)
+
+
+def test_k_near_full_rank_takes_the_exact_route() -> None:
+    branch = _conv_branch(4, 4, 1, seed=16)
+    h = _inputs((1, 4, 8, 8), seed=17)  # d = 256
+    u, s, v, info = top_singular(branch, h, 250, block=4, iters=10, return_info=True)
+    assert info["steps"] == 0 and s.shape == (1, 250)
+    exact = torch.linalg.svdvals(residual_jacobians(branch, h))
+    torch.testing.assert_close(s, exact[:, :250])
+
+
+def test_seed_makes_runs_reproducible_and_batches_independent() -> None:
+    branch = _conv_branch(4, 4, 1, seed=7)
+    h = _inputs((3, 4, 8, 8), seed=8)
+    a = top_singular(branch, h, 5, iters=12, seed=3)
+    b = top_singular(branch, h, 5, iters=12, seed=3)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    split = top_singular(branch, h, 5, iters=12, seed=3, batch=2)
+    torch.testing.assert_close(split[1], a[1], rtol=1e-5, atol=0)
+
+
+def test_warns_when_iterations_run_out() -> None:
+    branch = _conv_branch(4, 4, 1, seed=9)
+    h = _inputs((1, 4, 8, 8), seed=10)
+    with pytest.warns(RuntimeWarning, match="iters"):
+        top_singular(branch, h, 4, block=4, iters=2)
+
+
+def test_float32_inputs_keep_their_dtype() -> None:
+    branch = _conv_branch(4, 4, 1, seed=11).float()
+    h = _inputs((1, 4, 8, 8), seed=12).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u, s, v = top_singular(branch, h, 4, iters=10)
+    assert u.dtype == s.dtype == v.dtype == torch.float32
+    exact = torch.linalg.svdvals(residual_jacobians(branch.double(), h.double()))
+    torch.testing.assert_close(s.double(), exact[:, :4], rtol=1e-4, atol=0)
+
+
+def test_dense_svd_matches_unchunked_svd() -> None:
+    gen = torch.Generator().manual_seed(13)
+    jac = torch.randn(7, 6, 9, generator=gen, dtype=torch.float64)
+    u, s, v = dense_svd(jac, k=4, chunk=3)
+    fu, fs, fvh = torch.linalg.svd(jac, full_matrices=False)
+    assert u.shape == (7, 6, 4) and s.shape == (7, 4) and v.shape == (7, 9, 4)
+    torch.testing.assert_close(s, fs[:, :4])
+    signs = torch.sign((u * fu[..., :4]).sum(1, keepdim=True))
+    torch.testing.assert_close(u * signs, fu[..., :4])
+    torch.testing.assert_close(v * signs, fvh[:, :4].mT)
+    torch.testing.assert_close(jac @ v, u * s[:, None])
+    full = dense_svd(jac)
+    assert full[1].shape == (7, 6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"k": 600}, r"min\(d_out, d_in\)"),
+        ({"k": 0}, r"\[1, 512\]"),
+        ({"post": "gelu"}, "relu"),
+        ({"skip": "proj"}, "identity"),
+        ({"block": 0}, "block"),
+        ({"tol": 0.0}, "tol"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match) -> None:
+    branch = _conv_branch(8, 8, 1, seed=14)
+    h = _inputs((1, 8, 8, 8), seed=15)
+    args = {"k": 3} | kwargs
+    with pytest.raises(ValueError, match=match):
+        top_singular(branch, h, **args)
+
+
+def test_dense_svd_bad_arguments() -> None:
+    jac = torch.zeros(2, 3, 4)
+    with pytest.raises(ValueError, match=r"\[1, 3\]"):
+        dense_svd(jac, k=4)
+    with pytest.raises(ValueError, match="shape"):
+        dense_svd(jac[0])
+    with pytest.raises(ValueError, match="chunk"):
+        dense_svd(jac, chunk=0)
