@@ -215,6 +215,8 @@ def plot_depth_scaling(
     ref = sigma1[0] * depths[0] / depths
     ax.loglog(depths, ref, ":", color=MUTED, label="1/L")
     ax.set_xticks(depths, [str(int(d)) for d in depths])
+    ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    _plain_log_labels(ax.yaxis)
     ax.set_xlabel("total depth L (blocks)")
     ax.set_ylabel(r"$\sigma_1$")
     ax.set_title(r"RA4: $\sigma_1$ against depth")
@@ -450,12 +452,30 @@ def plot_sigma_profiles(
         x = np.arange(1, L + 1) / L
         ax.plot(x, sigma1, "o-", color=color, ms=3, label=f"L = {L}")
     ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
     ax.set_xlabel("relative depth l / L")
     ax.set_ylabel(r"$L\,\sigma_1(J_l)$" if scaled else r"$\sigma_1(J_l)$")
     kind = r"$L\,\sigma_1$" if scaled else r"$\sigma_1$"
     ax.set_title(f"RA4: {kind} per block, networks of depth L")
     ax.legend(fontsize=8)
     return fig
+
+
+def _plain_log_labels(axis: mpl.axis.Axis) -> None:
+    """Label a log axis with plain numbers (0.2, 1, 30), minor ticks 2, 3, 5 too.
+
+    Minor ticks are labelled only while the axis spans under two decades.
+    """
+
+    def minor(value: float, _: int) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        if lo <= 0 or np.log10(hi / lo) >= 2:
+            return ""
+        lead = round(value / 10 ** np.floor(np.log10(value)))
+        return f"{value:.2g}" if lead in (2, 3, 5) else ""
+
+    axis.set_major_formatter(mpl.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(mpl.ticker.FuncFormatter(minor))
 
 
 def _block_ticks(ax: plt.Axes, L: int) -> None:
