@@ -40,6 +40,11 @@ class Check:
         One of ``<``, ``<=``, ``>``, ``>=``.
     threshold : float
         The bound the value must respect.
+    known_failure : bool, default False
+        The claim is known not to reproduce at the chapter's settings (its
+        text says so). It is still measured and printed against the same
+        threshold, but does not fail the chapter; if it passes, :func:`verify`
+        says that the chapter's text needs updating.
     """
 
     claim: str
@@ -47,6 +52,7 @@ class Check:
     value: float
     op: str
     threshold: float
+    known_failure: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -83,12 +89,18 @@ def verify(checks: list[Check], *, name: str = "") -> None:
     print(f"{'claim':<{width}} | metric | value | needs | ok")
     for c in checks:
         mark = "yes" if c.passed else "NO"
+        if c.known_failure:
+            mark = (
+                "yes (listed as not reproduced: update the text)"
+                if c.passed
+                else ("no (known: not reproduced at these settings)")
+            )
         row = f"{c.metric} | {_fmt(c.value)} | {c.op} {_fmt(c.threshold)} | {mark}"
         print(f"{c.claim:<{width}} | {row}")
     out = os.environ.get("RESALIGN_METRICS")
     if out:
         _write_json(Path(out), name, checks)
-    failed = [c for c in checks if not c.passed]
+    failed = [c for c in checks if not c.passed and not c.known_failure]
     if failed:
         lines = [
             f"{c.claim}: {c.metric} = {_fmt(c.value)}, needs {c.op} {_fmt(c.threshold)}"

@@ -97,3 +97,20 @@ def test_sweep_checks_every_job_before_running(tmp_path):
     folder = _write_chapter(tmp_path / "chapters")
     with pytest.raises(ValueError, match="unknown preset"):
         run_sweep(["tiny"], ["cpu", "huge"], [0], tmp_path / "s", folder=folder)
+
+
+def test_verify_reports_known_failures_without_failing(capsys):
+    from resalign.checks import Check, verify
+
+    verify(
+        [
+            Check("holds", "x", 1.0, "<", 2.0),
+            Check("known gap", "y", 3.0, "<", 2.0, known_failure=True),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert "known: not reproduced" in out
+    with pytest.raises(AssertionError, match="fails: z = 3"):
+        verify([Check("fails", "z", 3.0, "<", 2.0)])
+    with pytest.raises(AssertionError):
+        verify([Check("nan never passes", "z", float("nan"), "<", 2.0)])
