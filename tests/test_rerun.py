@@ -114,3 +114,11 @@ def test_verify_reports_known_failures_without_failing(capsys):
         verify([Check("fails", "z", 3.0, "<", 2.0)])
     with pytest.raises(AssertionError):
         verify([Check("nan never passes", "z", float("nan"), "<", 2.0)])
+
+
+def test_every_shipped_preset_plans_cleanly():
+    """Each preset of each chapter names real parameters with valid values."""
+    for chapter in rr.chapters():
+        for preset in rr.presets(chapter):
+            the_plan = rr.plan(chapter, preset)
+            assert set(the_plan.parameters) <= set(the_plan.defaults)
