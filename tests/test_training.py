@@ -17,7 +17,9 @@ def _run(seed: int = 0, **kw):
     data = tiny_dataset()
     torch.manual_seed(0)
     model = FCResNet(data.input_shape, data.num_classes, width=8, depth=2)
-    history = train(model, data, epochs=3, batch_size=16, seed=seed, progress=False, **kw)
+    history = train(
+        model, data, epochs=3, batch_size=16, seed=seed, progress=False, **kw
+    )
     return model, history
 
 
