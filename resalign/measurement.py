@@ -78,10 +78,12 @@ class Report:
             "principal_share": float(np.median(self.ra1["principal_share"])),
             "coupling": self.ra2["coupling"],
             "coupling_random": self.ra2["coupling_random"],
+            "coupling_ratio": self.ra2["coupling"] / self.ra2["coupling_random"],
             "rank_median": float(np.median(self.ra3["rank"])),
             "gap_C": float(np.median(self.ra3["gap"])),
             "inv_sigma_slope": self.ra4["fit"]["slope"],
             "inv_sigma_r2": self.ra4["fit"]["r2"],
+            "sigma1_mean": float(np.mean(self.ra4["sigma1"])),
         }
         out.update({k: float(v) for k, v in self.nc.items()})
         return out

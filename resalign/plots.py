@@ -24,12 +24,14 @@ __all__ = [
     "plot_depth_scaling",
     "plot_inverse_sigma",
     "plot_line_scores",
+    "plot_metric_sweep",
     "plot_step_lengths",
     "plot_neural_collapse",
     "plot_rank_vs_classes",
     "plot_relative_spectra",
     "plot_sigma_profiles",
     "plot_spectra",
+    "plot_training_dynamics",
     "plot_trajectories",
     "project_2d",
     "use_style",
@@ -520,6 +522,114 @@ def plot_step_lengths(reports: Mapping[str, Report]) -> Figure:
     ax.set_yscale("log")
     ax.set_title("RA1: step lengths along the path")
     ax.legend()
+    return fig
+
+
+#: Axis labels of the headline numbers (keys of ``Report.summary()``).
+METRIC_LABELS = {
+    "line_shape_score": "RA1: line-shape score",
+    "step_cv": "RA1: CV of step lengths",
+    "principal_share": "RA1: share on 1st direction",
+    "coupling_ratio": "RA2: coupling / random",
+    "rank_median": "RA3: median rank",
+    "inv_sigma_r2": r"RA4: $R^2$ of $1/\sigma_1$ line",
+    "sigma1_mean": r"mean $\sigma_1$",
+    "nc1": "NC1",
+    "train_acc": "training accuracy",
+    "test_acc": "test accuracy",
+}
+
+
+def plot_metric_sweep(
+    x: Sequence,
+    values: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    thresholds: Mapping[str, float] | None = None,
+    log: Sequence[str] = (),
+    xscale: str = "linear",
+    title: str = "",
+) -> Figure:
+    """Headline numbers against a swept setting, one small panel per metric.
+
+    Parameters
+    ----------
+    x : sequence
+        The setting (numbers, drawn as lines; or names, drawn as bars).
+    values : mapping of metric name to sequence of float
+        One value per entry of ``x``; names of :data:`METRIC_LABELS` get
+        their label, others are shown as given.
+    xlabel : str
+        What ``x`` is.
+    thresholds : mapping of metric name to float, optional
+        Asserted thresholds, drawn as dashed red lines.
+    log : sequence of str
+        Metrics drawn on a log scale.
+    xscale : str, default "linear"
+        ``"linear"``, ``"log"`` or ``"symlog"`` for numeric ``x``.
+    title : str
+        Figure title.
+
+    Returns
+    -------
+    Figure
+    """
+    thresholds = thresholds or {}
+    names = list(values)
+    cols = min(len(names), 4)
+    rows = -(-len(names) // cols)
+    size = (3.1 * cols, 2.6 * rows)
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False)
+    categorical = any(isinstance(v, str) for v in x)
+    pos = np.arange(len(x)) if categorical else np.asarray(x, dtype=float)
+    for ax, name in zip(axes.flat, names, strict=False):
+        v = np.asarray(values[name], dtype=float)
+        if categorical:
+            ax.bar(pos, v, color=[PALETTE(i) for i in range(len(x))], alpha=0.8)
+            ax.set_xticks(pos, list(x), rotation=20, fontsize=8)
+        else:
+            ax.plot(pos, v, "o-", color=PALETTE(0), ms=4)
+            ax.set_xscale(xscale)
+            if xscale == "log":
+                ax.set_xticks(pos, [f"{p:g}" for p in pos])
+                ax.minorticks_off()
+        if name in thresholds:
+            ax.axhline(thresholds[name], color=HIGHLIGHT, ls="--", lw=1)
+        if name in log:
+            ax.set_yscale("log")
+        ax.set_title(METRIC_LABELS.get(name, name), fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+    for ax in list(axes.flat)[len(names) :]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def plot_training_dynamics(
+    trajectory: object,
+    names: Sequence[str],
+    thresholds: Mapping[str, float] | None = None,
+    log: Sequence[str] = ("nc1",),
+) -> Figure:
+    """Headline numbers against SGD steps, measured during training.
+
+    ``trajectory`` is a :class:`resalign.dynamics.Trajectory`; steps are on a
+    symmetric-log axis so that initialisation (step 0) and the dense early
+    points show. Thresholds are drawn as dashed red lines.
+    """
+    values = {name: trajectory[name] for name in names}
+    fig = plot_metric_sweep(
+        trajectory.step,
+        values,
+        xlabel="SGD step",
+        thresholds=thresholds,
+        log=log,
+        xscale="symlog",
+        title="Measured during training",
+    )
+    for ax in fig.axes:
+        ax.set_xlim(left=0)
     return fig
 
 

@@ -8,7 +8,11 @@ versions that produced it, and consists of two files in the store folder:
 - ``<key>.json``: the configuration, versions, SHA-256 of the ``.pt`` file,
   training time and the command that remakes the entry.
 
-Both are written atomically (temporary file, then rename), the ``.pt`` first,
+Results computed from a configuration that are worth keeping (for example
+the measurements taken during training, :mod:`resalign.dynamics`) live in
+``results/<key>-<name>.json`` with the SHA-256 of their data.
+
+All files are written atomically (temporary file, then rename), the ``.pt`` first,
 so a killed run leaves either a complete entry or none. Reading verifies the
 checksum; a truncated or corrupted entry is reported and rebuilt, never used.
 
@@ -26,7 +30,7 @@ import platform
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,6 +210,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _digest(data: object) -> str:
+    """SHA-256 of the canonical JSON text of ``data``."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _atomic_write(path: Path, write) -> None:
     """Write through ``write(file)`` into a temporary file, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,6 +327,54 @@ class Store:
         }
         atomic_write_json(meta_path, meta)
         trained.meta = meta
+
+    def result_path(self, config: Config, name: str) -> Path:
+        """Where the cached result ``name`` computed from ``config`` lives."""
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError(f"result name {name!r}: use letters, digits, - and _")
+        return self.root / "results" / f"{config.key()}-{name}.json"
+
+    def load_result(self, config: Config, name: str) -> dict:
+        """Read a cached result; raise ``FileNotFoundError`` or ``CorruptEntry``."""
+        path = self.result_path(config, name)
+        try:
+            wrapper = json.loads(path.read_text())
+            data = wrapper["data"]
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CorruptEntry(f"{path}: unreadable result ({err})") from err
+        if wrapper.get("sha256") != _digest(data):
+            raise CorruptEntry(f"{path}: checksum does not match its data")
+        return data
+
+    def save_result(self, config: Config, name: str, data: dict) -> None:
+        """Write a result atomically, with the checksum of its data."""
+        wrapper = {
+            "key": config.key(),
+            "name": name,
+            "config": config.as_dict(),
+            "versions": versions(),
+            "sha256": _digest(data),
+            "data": data,
+        }
+        atomic_write_json(self.result_path(config, name), wrapper)
+
+    def result(self, config: Config, name: str, compute: Callable[[], dict]) -> dict:
+        """A result cached beside the models: read it, or compute and save it.
+
+        A corrupted or half-written result is reported with a warning and
+        recomputed; a killed computation leaves no file behind.
+        """
+        try:
+            return self.load_result(config, name)
+        except FileNotFoundError:
+            pass
+        except CorruptEntry as err:
+            warnings.warn(f"recomputing cached result: {err}", stacklevel=2)
+        data = compute()
+        self.save_result(config, name, data)
+        return self.load_result(config, name)
 
     def get(
         self,
