@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torchvision.ops import stochastic_depth
 
 __all__ = [
     "BlockView",
@@ -96,12 +97,10 @@ class _Residual(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if not self.use_skip:
             return torch.relu(self.branch(h))
+        out = self.branch(h)
         if self.training and self.drop_prob > 0:
-            keep = torch.rand(h.shape[0], device=h.device) >= self.drop_prob
-            shape = (-1,) + (1,) * (h.dim() - 1)
-            out = self.branch(h) * keep.view(shape).to(h.dtype)
-        else:
-            out = self.branch(h)
+            # per input, kept branches scaled by 1 / (1 - p): same mean as at eval
+            out = stochastic_depth(out, self.drop_prob, "row", training=True)
         return torch.relu(self._skip(h) + out)
 
     def view(self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]) -> BlockView:
@@ -179,8 +178,10 @@ class FCResNet(_ResNet):
     skip : bool, default True
         ``False`` removes every skip connection (the no-skip ablation).
     drop_prob : float, default 0
-        Probability of dropping each block's branch during training
-        (stochastic depth); at evaluation every branch is kept.
+        Probability of dropping each block's branch during training, per
+        input (stochastic depth, :func:`torchvision.ops.stochastic_depth`:
+        kept branches are scaled by 1 / (1 - p)); at evaluation every branch
+        is kept unscaled.
     """
 
     def __init__(

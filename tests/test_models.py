@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from resalign.adapters import TorchvisionResNet, as_view
 from resalign.models import ConvResNet, FCResNet, build_model, fold_batchnorm
@@ -108,6 +109,19 @@ def test_stochastic_depth_only_in_training():
     assert not torch.allclose(a, b)  # different blocks dropped
     model.eval()
     assert torch.allclose(model(x), model(x))
+
+
+def test_stochastic_depth_keeps_the_mean_of_the_branch():
+    from resalign.models import _Residual
+
+    block = _Residual(nn.Identity(), None, True, drop_prob=0.25)
+    x = torch.ones(20_000, 3)
+    torch.manual_seed(0)
+    out = block.train()(x)[:, 0]  # relu(h + keep * h / (1 - p))
+    assert out.unique().tolist() == pytest.approx([1.0, 1 + 1 / 0.75])
+    assert float((out == 1.0).float().mean()) == pytest.approx(0.25, abs=0.01)
+    assert float(out.mean()) == pytest.approx(2.0, abs=0.02)
+    assert torch.equal(block.eval()(x), 2 * x)
 
 
 @pytest.mark.parametrize(
