@@ -61,6 +61,17 @@ class Report:
     nc: dict = field(default_factory=dict)
 
     @property
+    def alignment_grid(self) -> np.ndarray:
+        """Mean ``|U_j^T J_i V_j|`` of every block pair, ``(L, L, K, K)``.
+
+        Computed on first use (it serves the plots, not the metrics) and kept
+        in ``ra2["alignment_grid"]``.
+        """
+        if "alignment_grid" not in self.ra2:
+            self.ra2["alignment_grid"] = metrics.alignment_grid(self.spectra)
+        return self.ra2["alignment_grid"]
+
+    @property
     def depth(self) -> int:
         """Number of residual blocks L."""
         return len(self.spectra)
@@ -254,7 +265,6 @@ def _fill_ra2(report: Report, seed: int) -> None:
     report.ra2 = {
         "coupling_grid": grid,
         "random_grid": random_grid,
-        "alignment_grid": metrics.alignment_grid(report.spectra),
         "coupling": metrics.summarize_coupling(grid),
         "coupling_random": metrics.summarize_coupling(random_grid),
     }

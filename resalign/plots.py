@@ -23,6 +23,7 @@ __all__ = [
     "plot_coupling",
     "plot_depth_scaling",
     "plot_inverse_sigma",
+    "plot_inverse_sigma_many",
     "plot_line_scores",
     "plot_metric_sweep",
     "plot_step_lengths",
@@ -118,7 +119,7 @@ def plot_alignment_grid(report: Report, K: int | None = None, top: int = 8) -> F
     values) stay visible. At most ``top`` blocks (spread evenly over depth) are
     drawn so that panels stay legible.
     """
-    grid = report.ra2["alignment_grid"]
+    grid = report.alignment_grid
     L = grid.shape[0]
     K = K or grid.shape[-1]
     idx = np.unique(np.linspace(0, L - 1, min(top, L)).round().astype(int))
@@ -202,6 +203,21 @@ def plot_inverse_sigma(report: Report, ax: plt.Axes | None = None) -> Figure:
     ax.set_ylabel(r"$1/\sigma_1$")
     ax.set_title("RA4: inverse top singular value per block")
     ax.legend()
+    return fig
+
+
+def plot_inverse_sigma_many(reports: Mapping[str, Report]) -> Figure:
+    """RA4 for several models: 1/sigma_1 (mean over inputs) against the block."""
+    fig, ax = _axes(None, (5.5, 3.8))
+    for m, (name, rep) in enumerate(reports.items()):
+        inv = 1 / np.asarray(rep.ra4["sigma1"])
+        r2 = rep.ra4["fit"]["r2"]
+        x = np.arange(1, len(inv) + 1)
+        ax.plot(x, inv, "o-", color=PALETTE(m), ms=4, label=f"{name} ($R^2$ {r2:.2f})")
+    ax.set_xlabel("block l")
+    ax.set_ylabel(r"$1/\sigma_1$")
+    ax.set_title("RA4: inverse top singular value per block")
+    ax.legend(fontsize=8)
     return fig
 
 
@@ -312,6 +328,7 @@ def plot_relative_spectra(
     top: int = 15,
     first_block: int = 2,
     ax: plt.Axes | None = None,
+    labels: Sequence[str] | None = None,
 ) -> Figure:
     """RA3: where the spectrum drops, for models trained on different C.
 
@@ -325,6 +342,8 @@ def plot_relative_spectra(
         First block (1-based) pooled; blocks before it are left out.
     ax : Axes, optional
         Where to draw; a new figure otherwise.
+    labels : sequence of str, optional
+        Legend entries, one per report (default: "C = ...").
 
     Returns
     -------
@@ -341,7 +360,8 @@ def plot_relative_spectra(
         q1, med, q3 = np.percentile(rel, [25, 50, 75], axis=0)
         C = rep.num_classes
         color = PALETTE(m)
-        ax.plot(r[: med.size], med, "o-", color=color, ms=3, label=f"C = {C}")
+        label = f"C = {C}" if labels is None else labels[m]
+        ax.plot(r[: med.size], med, "o-", color=color, ms=3, label=label)
         ax.fill_between(r[: med.size], q1, q3, color=color, alpha=0.2)
         if C <= med.size:
             ax.plot(C, med[C - 1], "s", color=color, ms=8, mfc="none", mew=1.5)
