@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .adapters import as_view
 from .jacobians import residual_jacobians
-from .spectra import dense_svd, top_singular
+from .spectra import gram_svd, top_singular
 
 __all__ = ["DENSE_LIMIT", "Report", "measure", "measure_trained"]
 
@@ -132,7 +132,8 @@ def block_spectrum(
 ) -> Triplet:
     """Top-k singular triplets of one block's Residual Jacobians at ``h``.
 
-    Exact (closed-form or autodiff Jacobian, then a chunked SVD) when the
+    Dense (closed-form or autodiff Jacobian, then :func:`~.spectra.gram_svd`:
+    Gram eigenvectors, checked, exact SVD where the check fails) when the
     Jacobian has at most :data:`DENSE_LIMIT` entries; matrix-free otherwise.
     """
     d_in = math.prod(block.in_shape)
@@ -140,7 +141,7 @@ def block_spectrum(
     k = min(k, d_in, d_out)
     if d_in * d_out <= DENSE_LIMIT:
         jac = residual_jacobians(block.branch, h, post=block.post, skip=block.skip)
-        return dense_svd(jac, k=k, chunk=chunk)
+        return gram_svd(jac, k=k, chunk=chunk)
     return top_singular(block.branch, h, k, post=block.post, skip=block.skip, seed=seed)
 
 

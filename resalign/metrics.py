@@ -527,7 +527,7 @@ def _random_basis(
     tall batched matrices, and accurate because Gaussian matrices are well
     conditioned.
     """
-    q = torch.randn(n, d, k, generator=gen, dtype=torch.float64).to(dev, dtype)
+    q = torch.randn(n, d, k, generator=gen, dtype=dtype).to(dev)
     eye = torch.eye(k, dtype=q.dtype, device=q.device)
     for _ in range(2):
         low = torch.linalg.cholesky(q.mT @ q)  # q^T q = low low^T

@@ -648,7 +648,10 @@ def plot_training_dynamics(
         xscale="symlog",
         title="Measured during training",
     )
+    positive = [st for st in trajectory.step if st > 0]
     for ax in fig.axes:
+        if positive:  # linear only up to the first measured step
+            ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
         ax.set_xlim(left=0)
     return fig
 
