@@ -179,7 +179,8 @@ def gram_svd(
     """Top-k singular triplets of a batch of dense matrices, via Gram matrices.
 
     Faster than :func:`dense_svd` (same layout and pairing) for ``k`` well
-    below ``min(d_out, d_in)``: per matrix, ``A`` is ``J_n`` without its
+    below ``min(d_out, d_in)``; for ``3 k > min(d_out, d_in)`` it simply
+    calls :func:`dense_svd`. Otherwise per matrix, ``A`` is ``J_n`` without its
     all-zero rows and columns (ReLU masks make many), and one batched
     ``torch.linalg.eigh`` of the smaller of ``A^T A`` and ``A A^T`` gives the
     top-k right (or left, then mapped through ``A^T``) singular vectors
@@ -235,6 +236,8 @@ def gram_svd(
     if not 0 < rtol < 1:
         raise ValueError(f"rtol must lie in (0, 1), got {rtol!r}")
     k = _check_k(k, J.shape[1], J.shape[2])
+    if 3 * k > min(J.shape[1:]):  # little to gain, most would fall back
+        return dense_svd(J, k, chunk)
     us, ss, vs = [], [], []
     with torch.no_grad():
         for part in J.detach().split(chunk):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from resalign.jacobians import residual_jacobians
-from resalign.spectra import dense_svd, top_singular
+from resalign.spectra import dense_svd, gram_svd, top_singular
 
 K = 12
 
@@ -192,3 +192,98 @@ def test_dense_svd_bad_arguments() -> None:
         dense_svd(jac[0])
     with pytest.raises(ValueError, match="chunk"):
         dense_svd(jac, chunk=0)
+
+
+def _sin_per_vector(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Sine of the angle between columns ``a_i`` and ``b_i`` (unit), no sqrt floor."""
+    proj = b * (a * b).sum(1, keepdim=True)
+    return torch.linalg.vector_norm(a - proj, dim=1)
+
+
+def _known_spectrum(
+    n: int, d_out: int, d_in: int, values: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Matrices ``Q_L diag(values) Q_R^T`` with random orthonormal factors."""
+    gen = torch.Generator().manual_seed(seed)
+    r = len(values)
+    ql = torch.linalg.qr(torch.randn(n, d_out, r, generator=gen, dtype=torch.float64))
+    qr = torch.linalg.qr(torch.randn(n, d_in, r, generator=gen, dtype=torch.float64))
+    jac = ql.Q @ (values[:, None] * qr.Q.mT)
+    return jac, ql.Q, qr.Q
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", [(40, 40), (30, 50), (50, 30)])
+def test_gram_svd_matches_linalg_svd_on_random_matrices(shape, dtype) -> None:
+    gen = torch.Generator().manual_seed(20)
+    jac = torch.randn(9, *shape, generator=gen, dtype=torch.float64)
+    jac[:, 3] = 0  # a zero row (dropped before the Gram matrix)
+    jac[:, :, 5] = 0  # and a zero column
+    jac = jac.to(dtype)
+    k = 8
+    u, s, v = gram_svd(jac, k, chunk=4)
+    fu, fs, fvh = torch.linalg.svd(jac.double(), full_matrices=False)
+    assert u.shape == (9, shape[0], k) and v.shape == (9, shape[1], k)
+    assert u.dtype == s.dtype == v.dtype == dtype
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(s.double(), fs[:, :k], rtol=tol, atol=0)
+    torch.testing.assert_close(jac @ v, u * s[:, None], rtol=0, atol=tol * 10)
+    back = jac.mT @ u - v * s[:, None]
+    assert float(back.norm(dim=1).max() / s[:, 0].min()) < tol * 10
+    eye = torch.eye(k, dtype=dtype).expand(9, k, k)
+    torch.testing.assert_close(u.mT @ u, eye, rtol=0, atol=tol * 10)
+    torch.testing.assert_close(v.mT @ v, eye, rtol=0, atol=tol * 10)
+    # Vectors of values 2% (of s_1) away from their neighbours, per pair.
+    gaps = (fs[:, :k] - fs[:, 1 : k + 1]) / fs[:, :1]
+    apart = torch.minimum(gaps, torch.cat([gaps[:, :1].clamp(min=1), gaps[:, :-1]], 1))
+    apart = apart > 0.02
+    assert apart.sum() > 20
+    sin_u = _sin_per_vector(u.double(), fu[..., :k])
+    sin_v = _sin_per_vector(v.double(), fvh[:, :k].mT)
+    assert float(torch.maximum(sin_u, sin_v)[apart].max()) < tol * 10
+
+
+def test_gram_svd_recovers_known_low_rank_spectra() -> None:
+    values = torch.tensor([5.0, 3.0, 2.0, 1.5, 1.0, 0.5], dtype=torch.float64)
+    jac, ql, qr = _known_spectrum(6, 48, 32, values, seed=21)  # rank 6
+    u, s, v = gram_svd(jac, 6)
+    torch.testing.assert_close(s, values.expand(6, 6), rtol=1e-12, atol=0)
+    cos_u = (u * ql).sum(1).abs()
+    cos_v = (v * qr).sum(1).abs()
+    assert float(1 - torch.minimum(cos_u, cos_v).min()) < 1e-12
+    signs = torch.sign((u * ql).sum(1))
+    torch.testing.assert_close(v * signs[:, None], qr, rtol=0, atol=1e-10)
+
+
+def test_gram_svd_falls_back_beyond_the_numerical_rank() -> None:
+    # k = 8 > rank 6: the zero singular values fail the check and the exact
+    # route gives them (and orthonormal vectors for them).
+    values = torch.tensor([4.0, 4.0, 2.0, 1.0, 1e-3, 1e-5], dtype=torch.float64)
+    jac, _, _ = _known_spectrum(3, 30, 36, values, seed=22)
+    jac = jac.float()
+    u, s, v = gram_svd(jac, 8)
+    exact = torch.linalg.svdvals(jac.double())[:, :8]
+    torch.testing.assert_close(s.double(), exact, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        s[:, :4].double(), values[:4].expand(3, 4), rtol=1e-6, atol=0
+    )
+    eye = torch.eye(8).expand(3, 8, 8)
+    torch.testing.assert_close(u.mT @ u, eye, rtol=0, atol=1e-5)
+    torch.testing.assert_close(v.mT @ v, eye, rtol=0, atol=1e-5)
+    torch.testing.assert_close(jac @ v, u * s[:, None], rtol=0, atol=1e-5)
+
+
+def test_gram_svd_zero_matrix_and_bad_arguments() -> None:
+    # Zero matrices fail the check (s_1 = 0) and take the exact route.
+    jac = torch.zeros(2, 12, 10)
+    u, s, v = gram_svd(jac, 2)
+    assert torch.equal(s, torch.zeros(2, 2))
+    torch.testing.assert_close(v.mT @ v, torch.eye(2).expand(2, 2, 2))
+    with pytest.raises(ValueError, match=r"\[1, 10\]"):
+        gram_svd(jac, k=11)
+    with pytest.raises(ValueError, match="shape"):
+        gram_svd(jac[0])
+    with pytest.raises(ValueError, match="chunk"):
+        gram_svd(jac, chunk=0)
+    with pytest.raises(ValueError, match="rtol"):
+        gram_svd(jac, rtol=1.0)
