@@ -563,17 +563,46 @@ def random_coupling_grid(
     """
     blocks, dev = _spectra(spectra)
     k = _common_k(blocks, K)
-    gen = torch.Generator().manual_seed(int(seed))
-    bases = []
-    for u, _, v in blocks:
-        n = u.shape[0]
-        bases.append(
-            (
-                _random_basis(n, u.shape[1], k, gen, dev, u.dtype),
-                _random_basis(n, v.shape[1], k, gen, dev, u.dtype),
-            )
-        )
+    shapes = tuple((u.shape[0], u.shape[1], v.shape[1]) for u, _, v in blocks)
+    bases = _random_bases(shapes, k, int(seed), blocks[0][0].dtype, dev)
     return _coupling_grid(blocks, bases, k, dev)
+
+
+#: The last random bases drawn, keyed by everything that determines them.
+_BASES_CACHE: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+_BASES_CACHE_BYTES = 64 * 2**20
+
+
+def _random_bases(
+    shapes: tuple[tuple[int, int, int], ...],
+    k: int,
+    seed: int,
+    dtype: torch.dtype,
+    dev: torch.device,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Random ``(B_j, C_j)`` frames for blocks of ``(N, d_out, d_in)`` shapes.
+
+    They depend only on the shapes, ``k``, the seed, dtype and device, so the
+    last set drawn is kept (when under 64 MiB) and reused: measuring many
+    models of one architecture, or one model during training, draws them once.
+    They are only read, never written, by the grid computations.
+    """
+    key = (shapes, k, seed, dtype, str(dev))
+    if key in _BASES_CACHE:
+        return _BASES_CACHE[key]
+    gen = torch.Generator().manual_seed(seed)
+    bases = [
+        (
+            _random_basis(n, d_out, k, gen, dev, dtype),
+            _random_basis(n, d_in, k, gen, dev, dtype),
+        )
+        for n, d_out, d_in in shapes
+    ]
+    size = sum(t.numel() * t.element_size() for pair in bases for t in pair)
+    if size <= _BASES_CACHE_BYTES:
+        _BASES_CACHE.clear()
+        _BASES_CACHE[key] = bases
+    return bases
 
 
 def summarize_coupling(grid: ArrayLike) -> float:
