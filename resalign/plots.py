@@ -649,9 +649,15 @@ def plot_training_dynamics(
         title="Measured during training",
     )
     positive = [st for st in trajectory.step if st > 0]
+    ticks = [0]
+    if positive:  # decades clear of the linear part near 0
+        first, last = np.log10(min(positive)), np.log10(max(positive))
+        ticks += [10**e for e in range(int(np.floor(first)) + 1, int(last) + 1)]
     for ax in fig.axes:
         if positive:  # linear only up to the first measured step
             ax.set_xscale("symlog", linthresh=min(positive), linscale=0.5)
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
         ax.set_xlim(left=0)
     return fig
 
