@@ -21,11 +21,15 @@ ratios are meaningful; nothing here asserts on time):
 
 Run ``python benchmarks/bench_spectra.py`` (several minutes on 2 CPU cores)
 or ``python benchmarks/bench_spectra.py --quick`` (smaller blocks, seconds).
+``--versus OLD.py`` also times ``top_singular`` from another copy of
+``resalign/spectra.py`` (e.g. ``git show HEAD:resalign/spectra.py > OLD.py``)
+on the conv case, alternating with the current one, best of ``--repeat``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import resource
@@ -35,6 +39,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -177,21 +182,57 @@ def arpack_values(jac: torch.Tensor, k: int) -> torch.Tensor:
     return torch.from_numpy(np.sort(values)[::-1].copy())
 
 
-def bench_conv(case: ConvCase) -> None:
+def load_spectra(path: Path) -> ModuleType:
+    """Import another copy of ``resalign/spectra.py`` as ``resalign._versus``."""
+    spec = importlib.util.spec_from_file_location("resalign._versus", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def race(
+    contenders: dict[str, Callable[[], object]], repeat: int
+) -> tuple[dict[str, object], dict[str, float]]:
+    """Best-of-``repeat`` seconds of each contender, alternating their order."""
+    names = list(contenders)
+    out: dict[str, object] = {}
+    best = dict.fromkeys(names, math.inf)
+    for r in range(repeat):
+        for name in names if r % 2 == 0 else names[::-1]:
+            out[name], seconds = timed(contenders[name])
+            best[name] = min(best[name], seconds)
+    return out, best
+
+
+def bench_conv(case: ConvCase, versus: Path | None = None, repeat: int = 1) -> None:
     branch = conv_branch(case.channels, seed=0)
     gen = torch.Generator().manual_seed(1)
     shape = (case.inputs, case.channels, case.side, case.side)
     h = torch.randn(*shape, generator=gen).relu()
     d = case.channels * case.side**2
 
+    contenders = {"ours": top_singular}
+    if versus is not None:
+        contenders["versus"] = load_spectra(versus).top_singular
     with warnings.catch_warnings():  # load torch's forward-AD code once
         warnings.simplefilter("ignore")
-        top_singular(branch, h[:1], 2, block=2, iters=2)
+        for fn in contenders.values():
+            fn(branch, h[:1], 2, block=2, iters=2)
     base = rss_mb()
     (u, s, v, info), t_ours = timed(
         lambda: top_singular(branch, h, case.k, return_info=True)
     )
     mem_ours = peak_rss_mb() - base
+    if versus is not None or repeat > 1:
+        runs, best = race(
+            {
+                name: lambda fn=fn: fn(branch, h, case.k, return_info=True)
+                for name, fn in contenders.items()
+            },
+            repeat,
+        )
+        t_ours = best["ours"]
 
     t_row = authors_row_seconds(branch, h[:1], case.rows)
     jac, t_dense = timed(lambda: residual_jacobians(branch, h[:1], chunk_size=256)[0])
@@ -241,6 +282,27 @@ def bench_conv(case: ConvCase) -> None:
         "\nMax relative difference of the top singular values (input 0; goal 1e-4):\n"
     )
     print(markdown_table(["comparison", "max rel. diff."], acc))
+    print(
+        "\nLargest measured residual ||J^T u_i - s_i v_i|| / s_1 of ours (all "
+        f"inputs): {info.get('residual', float('nan')):.1e}"
+    )
+    if versus is not None:
+        print(f"\n### top_singular vs {versus} (best of {repeat}, alternating)\n")
+        rows = []
+        for name in ("versus", "ours"):
+            s_n, info_n = runs[name][1], runs[name][3]
+            rows.append(
+                [
+                    str(versus) if name == "versus" else "current",
+                    f"{best[name]:.3f}",
+                    f"{best['versus'] / best[name]:.2f}x",
+                    str(info_n["dim"]),
+                    str(info_n["products"]),
+                    f"{rel_diff(s_n[0, : case.k], s_ref):.1e}",
+                ]
+            )
+        header = ["top_singular", "s total", "speedup", "Krylov dim", "products"]
+        print(markdown_table([*header, "vs ARPACK (input 0)"], rows))
 
 
 # --------------------------------------------------------------------------
@@ -372,6 +434,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=1, help="torch threads (default 1)"
     )
     parser.add_argument("--only", choices=("conv", "fc"), help="run a single case")
+    parser.add_argument(
+        "--versus",
+        type=Path,
+        help="another copy of resalign/spectra.py to time top_singular against",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="best of this many top_singular runs on the conv case (default 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -386,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     if args.only in (None, "conv"):
-        bench_conv(conv)
+        bench_conv(conv, args.versus, args.repeat)
     if args.only in (None, "fc"):
         bench_fc(fc)
     return 0

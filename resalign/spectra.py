@@ -9,11 +9,13 @@ Two routes to the layout of ``CONTRACT.md`` (``U (N, d_out, k)``,
   faster from the eigenvectors of Gram matrices, checks them and falls back
   to :func:`dense_svd` for matrices that fail;
 - :func:`top_singular` never forms the Jacobians. It runs a block Lanczos
-  (Golub-Kahan) bidiagonalisation with full re-orthogonalisation on the
+  (Golub-Kahan) bidiagonalisation with semi-orthogonal bases on the
   operator ``v -> J_n v`` (a forward-mode Jacobian-vector product) and its
   transpose ``u -> J_n^T u`` (a reverse-mode vector-Jacobian product), for all
   inputs of a batch and all vectors of a step in one vectorised pass each,
-  and stops when the top-k Ritz values no longer move.
+  stops when the top-k Ritz values have converged (optionally also their
+  residuals), then re-projects the top Ritz vectors through ``J_n`` and
+  measures the residuals of what it returns.
 
 Why block Lanczos rather than randomized subspace iteration: both cost one
 forward and one backward product per vector and step, but Lanczos keeps the
@@ -41,6 +43,7 @@ from .jacobians import (
     quiet_forward_ad,
     residual_jacobians,
 )
+from .linearised import Linearised, linearise
 
 __all__ = ["Triplet", "dense_svd", "gram_svd", "top_singular"]
 
@@ -272,19 +275,68 @@ class _Operator:
     d_in: int
 
 
-def _jacobian_operator(
-    branch: Branch, h: torch.Tensor, post: str | None, skip: Skip
+def _fast_layout(x: torch.Tensor, images: bool) -> torch.Tensor:
+    """``x`` with channels-last strides if ``images``, else as is.
+
+    ``images`` says that the last three dimensions of ``x`` are (C, H, W);
+    the values and shape do not change. CPU convolutions on channels-last
+    tensors run on oneDNN, 1.3-1.7x faster than on the default layout.
+    """
+    return x.movedim(-3, -1).contiguous().movedim(-1, -3) if images else x
+
+
+def _linearised_operator(
+    lin: Linearised, h: torch.Tensor, mask: torch.Tensor
 ) -> _Operator:
-    """Products with ``diag(mask) dF/dh`` from one ``vjp`` and batched ``jvp``.
+    """Products with ``diag(mask) dF/dh`` through the branch's linear pieces.
+
+    The b vectors of a block ride along the batch (vector-major, channels-last
+    for images): one pass of the linear maps serves all ``b * N`` products.
+    """
+    n, in_shape, out_shape = h.shape[0], lin.in_shape, lin.out_shape
+
+    def matvec(x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[1]
+        tangents = x.transpose(0, 1).reshape(b * n, *in_shape)
+        y = lin.jvp(_fast_layout(tangents, len(in_shape) == 3))
+        return y.reshape(b, n, -1).transpose(0, 1) * mask
+
+    def rmatvec(y: torch.Tensor) -> torch.Tensor:
+        b = y.shape[1]
+        cot = (y * mask).transpose(0, 1).reshape(b * n, *out_shape)
+        x = lin.vjp(_fast_layout(cot, len(out_shape) == 3))
+        return x.reshape(b, n, -1).transpose(0, 1)
+
+    return _Operator(matvec, rmatvec, n, mask.shape[-1], math.prod(in_shape))
+
+
+def _jacobian_operator(
+    branch: Branch, h: torch.Tensor, post: str | None, skip: Skip, width: int
+) -> _Operator:
+    """Products with ``diag(mask) dF/dh`` for blocks of ``width`` vectors.
+
+    Branches that :func:`resalign.linearised.linearise` recognises (chains of
+    Linear/Conv2d, eval-mode BatchNorm and ReLU) use their linear pieces,
+    about 1.6x faster per product on a 64-channel conv block; any other
+    branch goes through autodiff as follows.
 
     The branch maps samples independently, so a tangent (cotangent) of shape
-    ``(N, *shape)`` gives the N per-input products in one pass; ``vmap`` adds
-    the b vectors of a block as a second batch dimension.
+    ``(N, *shape)`` gives the N per-input products in one pass. Forward
+    products batch the b vectors of a block with ``vmap`` over ``jvp``.
+    Reverse products of ``width`` vectors ride along the batch instead: one
+    ``vjp`` of the branch at the inputs repeated ``width`` times (vector-major,
+    channels-last for images) serves every block, 1.5x faster than ``vmap``
+    over the ``vjp`` at the N inputs, which blocks of another width use.
     """
     n, in_shape = h.shape[0], tuple(h.shape[1:])
     mask = output_mask(branch, h, post, skip)[:, None, :]  # (N, 1, d_out)
-    out, vjp_fn = torch.func.vjp(branch, h)
+    lin = linearise(branch, h)
+    if lin is not None:
+        return _linearised_operator(lin, h, mask)
+    wide = h.repeat(width, *([1] * len(in_shape)))  # sample j * N + i
+    out, vjp_wide = torch.func.vjp(branch, _fast_layout(wide, len(in_shape) == 3))
     out_shape = tuple(out.shape[1:])
+    vjp_one = None
 
     def push(tangent: torch.Tensor) -> torch.Tensor:
         return torch.func.jvp(branch, (h,), (tangent,))[1]
@@ -296,9 +348,17 @@ def _jacobian_operator(
         return y.reshape(x.shape[1], n, -1).transpose(0, 1) * mask
 
     def rmatvec(y: torch.Tensor) -> torch.Tensor:
-        cot = (y * mask).transpose(0, 1).reshape(y.shape[1], n, *out_shape)
-        x = torch.func.vmap(vjp_fn)(cot)[0]
-        return x.reshape(y.shape[1], n, -1).transpose(0, 1)
+        nonlocal vjp_one
+        b = y.shape[1]
+        cot = (y * mask).transpose(0, 1)
+        if b == width:
+            cot = _fast_layout(cot.reshape(b * n, *out_shape), len(out_shape) == 3)
+            x = vjp_wide(cot)[0]
+        else:
+            if vjp_one is None:
+                vjp_one = torch.func.vjp(branch, h)[1]
+            x = torch.func.vmap(vjp_one)(cot.reshape(b, n, *out_shape))[0]
+        return x.reshape(b, n, -1).transpose(0, 1)
 
     return _Operator(matvec, rmatvec, n, mask.shape[-1], math.prod(in_shape))
 
@@ -315,17 +375,21 @@ def _orthonormal_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _orthogonalise(
-    w: torch.Tensor, basis: torch.Tensor, recent: int
+    w: torch.Tensor, basis: torch.Tensor, recent: int, limit: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Orthonormalise the rows of ``w`` against orthonormal ``basis`` rows.
 
     The Lanczos recurrence puts almost all of ``w`` along the last ``recent``
-    basis vectors: those are projected out first (cheap), then one pass over
-    the whole basis removes what rounding left along older vectors (full
-    re-orthogonalisation at the cost of a single classical Gram-Schmidt pass).
+    basis vectors: those are projected out first (cheap). What rounding left
+    along older vectors is then measured against the whole basis in one
+    pass, and projected out (a second pass, for the inputs concerned) only
+    where it exceeds ``limit`` times the row's norm. Lanczos bases orthogonal
+    to ``sqrt(eps)`` (semi-orthogonal) give Ritz values as accurate as fully
+    re-orthogonalised ones, and Ritz vectors good to about ``limit``; most
+    steps skip the second pass.
 
     Returns the orthonormalised rows ``q``, the coefficients ``c`` (N, b, m)
-    with ``w = c basis + R^T q``, and ``R`` (N, b, b).
+    with ``w = c basis + R^T q`` up to the skipped overlaps, and ``R`` (N, b, b).
     """
     m = basis.shape[1]
     coef = w.new_zeros(w.shape[0], w.shape[1], m)
@@ -333,8 +397,12 @@ def _orthogonalise(
         last = basis[:, m - recent :]
         c_last = w @ last.mT
         w = torch.baddbmm(w, c_last, last, alpha=-1)
-        coef = w @ basis.mT
-        w = torch.baddbmm(w, coef, basis, alpha=-1)
+        overlap = w @ basis.mT
+        norms = torch.linalg.vector_norm(w, dim=-1, keepdim=True)
+        lost = (overlap.abs() > limit * norms).flatten(1).any(1)  # (N,)
+        for i in lost.nonzero().flatten().tolist():  # inputs that need it
+            w[i] = torch.addmm(w[i], overlap[i], basis[i], alpha=-1)
+            coef[i] = overlap[i]
         coef[:, :, m - recent :] += c_last
     q, r = _orthonormal_rows(w)
     return q, coef, r
@@ -342,7 +410,7 @@ def _orthogonalise(
 
 @dataclass
 class _Krylov:
-    """Bases of a block Golub-Kahan run: ``A P = Q T`` with orthonormal P, Q.
+    """Bases of a block Golub-Kahan run: ``A P = Q T``, P and Q semi-orthogonal.
 
     P and Q hold their vectors as rows, ``(N, cap, d)``, so that the first
     ``size`` of them form a BLAS-friendly slice.
@@ -366,79 +434,154 @@ class _Krylov:
 
 
 def _lanczos_step(
-    op: _Operator, kry: _Krylov, p_new: torch.Tensor
+    op: _Operator, kry: _Krylov, p_new: torch.Tensor, limit: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Add one block to both bases; return the next right block and its ``R``."""
     lo, hi = kry.size, kry.size + p_new.shape[1]
     kry.p[:, lo:hi] = p_new
     b = p_new.shape[1]
-    q_new, coef, r = _orthogonalise(op.matvec(p_new), kry.q[:, :lo], b)
+    q_new, coef, r = _orthogonalise(op.matvec(p_new), kry.q[:, :lo], b, limit)
     kry.q[:, lo:hi] = q_new
     kry.t[:, :lo, lo:hi] = coef.mT.double()
     kry.t[:, lo:hi, lo:hi] = r.double()
     kry.size = hi
-    p_next, _, r_next = _orthogonalise(op.rmatvec(q_new), kry.p[:, :hi], b)
+    p_next, _, r_next = _orthogonalise(op.rmatvec(q_new), kry.p[:, :hi], b, limit)
     return p_next, r_next
 
 
-def _relative_change(new: torch.Tensor, old: torch.Tensor) -> float:
-    """Largest relative change of Ritz values; tiny values count against 1e-3 s_1."""
-    floor = (1e-3 * new[:, :1]).clamp_min(torch.finfo(new.dtype).tiny)
-    return float(((new - old) / torch.maximum(new, floor)).abs().max())
+def _value_scale(s: torch.Tensor) -> torch.Tensor:
+    """``s`` (N, k), floored at ``1e-3 s_1`` (numerically zero values)."""
+    floor = (1e-3 * s[:, :1]).clamp_min(torch.finfo(s.dtype).tiny)
+    return torch.maximum(s, floor)
 
 
-def _ritz_triplets(
-    kry: _Krylov, r_next: torch.Tensor, k: int, dtype: torch.dtype
-) -> tuple[Triplet, float]:
-    """Top-k Ritz triplets and the estimate ``max_i (r_i / s_i)^2`` of their error.
+def _top_values(t: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest singular values of ``t`` (N, m, m, float64), descending.
 
-    With ``A^T Q = P T^T + P_next R_next E^T`` the residual of triplet i is
-    ``r_i = ||A^T u_i - s_i v_i|| = ||R_next x_i^{last}||`` while
-    ``A v_i = s_i u_i`` holds exactly.
+    From the eigenvalues of ``t^T t``, about 1.3x faster than ``svdvals``;
+    squaring costs relative accuracy only below ``1e-8 s_1``, far below the
+    floor of :func:`_value_scale`.
+    """
+    return torch.linalg.eigvalsh(t.mT @ t).flip(-1)[:, :k].clamp_min(0).sqrt()
+
+
+def _ritz_residuals(kry: _Krylov, r_next: torch.Tensor, k: int) -> float:
+    """Largest ``r_i / s_1`` of the top-k Ritz triplets, from the recurrence.
+
+    With ``A^T Q = P T^T + P_next R_next E^T`` the residual of Ritz triplet i
+    is ``r_i = ||A^T u_i - s_i v_i|| = ||R_next x_i^{last}||`` (``A v_i =
+    s_i u_i`` holds exactly); no product with ``A`` is needed.
     """
     m, b = kry.size, r_next.shape[-1]
-    x, s, yh = torch.linalg.svd(kry.projected())
-    x, s, y = x[:, :, :k], s[:, :k], yh[:, :k, :].mT
-    res = torch.linalg.vector_norm(r_next.double() @ x[:, m - b :], dim=1)
-    floor = (1e-3 * s[:, :1]).clamp_min(torch.finfo(s.dtype).tiny)
-    estimate = float(((res / torch.maximum(s, floor)) ** 2).max())
-    u = (x.mT.to(dtype) @ kry.q[:, :m]).mT.contiguous()
-    v = (y.mT.to(dtype) @ kry.p[:, :m]).mT.contiguous()
-    return (u, s.to(dtype), v), estimate
+    x, s, _ = torch.linalg.svd(kry.projected())
+    res = torch.linalg.vector_norm(r_next.double() @ x[:, m - b :, :k], dim=1)
+    scale = s[:, :1].clamp_min(torch.finfo(s.dtype).tiny)
+    return float((res / scale).max())
+
+
+def _polished_triplets(
+    op: _Operator, kry: _Krylov, k: int, b: int
+) -> tuple[Triplet, torch.Tensor]:
+    """Top-k triplets from the Krylov bases, re-projected through ``A``.
+
+    The top ``c >= k`` right Ritz vectors (``c`` a multiple of the block
+    width, at most the Krylov dimension) are orthonormalised into ``V0``;
+    one pass of forward products gives ``W = A V0`` and the SVD ``W = U S
+    Y^T`` the triplets ``(U, S, V0 Y)``: ``A V = U S`` holds to rounding and
+    U, V are orthonormal to working precision even where the bases were only
+    semi-orthogonal. One pass of reverse products then measures the
+    residuals: returns the triplets and ``r_i = ||A^T u_i - s_i v_i||`` (N, k).
+    """
+    m = kry.size
+    c = min(m, -(-k // b) * b)
+    t = kry.projected()
+    y = torch.linalg.eigh(t.mT @ t)[1][..., -c:].flip(-1)  # top right vectors
+    ritz = y.mT.to(kry.p.dtype) @ kry.p[:, :m]  # (N, c, d_in) rows
+    v0 = _orthonormal_rows(ritz.double())[0].to(ritz.dtype)
+    w = torch.cat([op.matvec(part) for part in v0.split(b, dim=1)], dim=1)
+    u, s, yh = torch.linalg.svd(w.double().mT, full_matrices=False)  # A V0^T
+    u, s, yh = u.to(w.dtype), s.to(w.dtype), yh.to(w.dtype)
+    v = (yh @ v0).mT  # (N, d_in, c)
+    back = torch.cat(
+        [op.rmatvec(part) for part in u.mT.split(b, dim=1)], dim=1
+    ).mT  # (N, d_in, c) = A^T U
+    res = torch.linalg.vector_norm(back[..., :k] - v[..., :k] * s[:, None, :k], dim=1)
+    triplet = (u[..., :k].contiguous(), s[:, :k].contiguous(), v[..., :k].contiguous())
+    return triplet, res
+
+
+def _remaining_change(change: torch.Tensor, previous: torch.Tensor) -> float:
+    """Largest predicted further change of the Ritz values, ``max c rho / (1 - rho)``.
+
+    ``change`` and ``previous`` (N, k) are the relative changes per step of
+    each value at the last two looks. Values converge about geometrically in
+    the end, at the rate ``rho = change / previous`` (capped at 0.9), so what
+    is left to move is about the tail of that geometric series.
+    """
+    rate = (change / previous.clamp_min(torch.finfo(change.dtype).tiny)).clamp(0, 0.9)
+    return float((change * rate / (1 - rate)).max())
 
 
 def _block_lanczos(
-    op: _Operator, k: int, start: torch.Tensor, steps: int, tol: float
+    op: _Operator,
+    k: int,
+    start: torch.Tensor,
+    steps: int,
+    tol: float,
+    rtol: float | None,
 ) -> tuple[Triplet, dict]:
-    """Top-k triplets by block Golub-Kahan with full re-orthogonalisation.
+    """Top-k triplets by block Golub-Kahan with semi-orthogonal bases.
 
     ``start`` holds the random first right block as rows, ``(N, b, d_in)``.
-    Stops when no top-k Ritz value moved by more than ``tol`` (relative) in
-    the last step, or after ``steps`` steps.
+    The top-k Ritz values are compared after each step (every second step
+    while they still move by more than ``30 tol``); the run stops when the
+    last change and :func:`_remaining_change` are at most ``tol`` (and, with
+    ``rtol``, the Ritz residuals at most ``rtol * s_1``) or after ``steps``
+    steps. The triplets are then polished and their residuals measured
+    (:func:`_polished_triplets`).
     """
     block = start.shape[1]
     kry = _Krylov.empty(op, block * steps, start)
     p_new = _orthonormal_rows(start)[0]
-    old, change = None, math.inf
-    for _ in range(steps):
-        p_new, r_next = _lanczos_step(op, kry, p_new)
-        if kry.size < k:
+    # Ritz vectors are good to about the orthogonality of the bases, so a
+    # tolerance finer than sqrt(eps) / 10 tightens it (to full
+    # re-orthogonalisation as tol approaches eps).
+    limit = min(math.sqrt(torch.finfo(start.dtype).eps), 10 * tol)
+    if rtol is not None:
+        limit = min(limit, rtol / 10)
+    old, change, previous = None, math.inf, None
+    last_look = next_look = 0
+    done = False
+    for step in range(steps):
+        p_new, r_next = _lanczos_step(op, kry, p_new, limit)
+        if kry.size < k or step < next_look:
             continue
-        new = torch.linalg.svdvals(kry.projected())[:, :k]
+        new = _top_values(kry.projected(), k)
         if old is not None:
-            change = _relative_change(new, old)
-            if change <= tol:
-                break
-        old = new
-    triplet, estimate = _ritz_triplets(kry, r_next, k, start.dtype)
+            gap = step - last_look
+            moved = ((new - old) / _value_scale(new)).abs() / gap  # per step
+            change = float(moved.max()) * gap
+            if gap == 1 and change <= tol and previous is not None:
+                done = _remaining_change(moved, previous) <= tol
+                if done and rtol is not None:
+                    done = _ritz_residuals(kry, r_next, k) <= rtol
+                if done:
+                    break
+            previous = moved
+        next_look = step + (2 if change > 30 * tol else 1)
+        old, last_look = new, step
+    (u, s, v), res = _polished_triplets(op, kry, k, block)
+    residual = float((res / s[:, :1].clamp_min(torch.finfo(s.dtype).tiny)).max())
     info = {
         "steps": kry.size // block,
         "dim": kry.size,
-        "products": 2 * kry.size,
+        "products": 2 * kry.size + 2 * min(kry.size, -(-k // block) * block),
         "last_change": change,
-        "error_estimate": estimate,
+        "residual": residual,
+        "error_estimate": float(((res / _value_scale(s)) ** 2).max()),
+        "converged": done,
     }
-    return triplet, info
+    return (u, s, v), info
 
 
 def _dense_route(
@@ -452,6 +595,7 @@ def _dense_route(
         "dim": small,
         "products": small,
         "last_change": 0.0,
+        "residual": 0.0,
         "error_estimate": 0.0,
     }
     return dense_svd(jac, k), info
@@ -464,6 +608,7 @@ class _Settings:
     block: int
     iters: int
     tol: float
+    rtol: float | None
     batch: int
     seed: int
 
@@ -477,7 +622,8 @@ def _lanczos_route(
     settings: _Settings,
 ) -> tuple[Triplet, dict]:
     """Block Lanczos on chunks of ``settings.batch`` inputs."""
-    block, batch, tol = settings.block, settings.batch, settings.tol
+    block, batch = settings.block, settings.batch
+    tol, rtol = settings.tol, settings.rtol
     steps = _max_steps(k, block, settings.iters)
     gen = torch.Generator(device=h.device).manual_seed(settings.seed)
     d_in = math.prod(h.shape[1:])
@@ -487,16 +633,18 @@ def _lanczos_route(
     parts, infos = [], []
     for h_part, start_part in zip(h.split(batch), start.split(batch), strict=True):
         with torch.no_grad():
-            op = _jacobian_operator(branch, h_part, post, skip)
-            triplet, info = _block_lanczos(op, k, start_part, steps, tol)
+            op = _jacobian_operator(branch, h_part, post, skip, block)
+            triplet, info = _block_lanczos(op, k, start_part, steps, tol, rtol)
         parts.append(triplet)
         infos.append(info)
     u, s, v = (torch.cat(t) for t in zip(*parts, strict=True))
+    converged = all(i.pop("converged") for i in infos)
     info = {key: max(i[key] for i in infos) for key in infos[0]}
-    if info["last_change"] > tol:
+    if not converged or (rtol is not None and info["residual"] > rtol):
         warnings.warn(
-            f"top_singular stopped after {steps} steps with singular values still "
-            f"moving by {info['last_change']:.1e} > tol={tol:g}; raise iters",
+            f"top_singular stopped after {info['steps']} steps with singular values "
+            f"moving by {info['last_change']:.1e} (tol={tol:g}) and residuals "
+            f"up to {info['residual']:.1e} s_1 (rtol={rtol}); raise iters",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -508,12 +656,16 @@ def _max_steps(k: int, block: int, iters: int) -> int:
     return max(iters, -(-k // block) + 1)
 
 
-def _check_settings(block: int, iters: int, batch: int, tol: float) -> None:
+def _check_settings(
+    block: int, iters: int, batch: int, tol: float, rtol: float | None
+) -> None:
     for name, value in {"block": block, "iters": iters, "batch": batch}.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not 0 < tol < 1:
         raise ValueError(f"tol must lie in (0, 1), got {tol!r}")
+    if rtol is not None and not 0 < rtol < 1:
+        raise ValueError(f"rtol must lie in (0, 1) or be None, got {rtol!r}")
 
 
 def top_singular(
@@ -526,25 +678,35 @@ def top_singular(
     block: int = 10,
     iters: int = 40,
     tol: float = 1e-4,
+    rtol: float | None = None,
     batch: int = 8,
     seed: int = 0,
     return_info: bool = False,
 ) -> Triplet | tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
     """Top-k singular triplets of Residual Jacobians without forming them.
 
-    Runs a block Lanczos (Golub-Kahan) bidiagonalisation with full
-    re-orthogonalisation of each
+    Runs a block Lanczos (Golub-Kahan) bidiagonalisation of each
     ``J_n = diag(post'(skip(h_n) + F(h_n))) dF/dh (h_n)`` using only
-    Jacobian-vector products (``torch.func.jvp``, forward mode) and
-    vector-Jacobian products (one reusable ``torch.func.vjp``), vectorised with
-    ``vmap`` over the ``block`` vectors of a step and batched over ``batch``
-    inputs per pass. Nothing of size ``d_out x d_in`` is formed.
+    products with ``J_n`` and ``J_n^T``, batched over ``batch`` inputs and
+    the ``block`` vectors of a step per pass. Branches made of Linear/Conv2d,
+    eval-mode BatchNorm and ReLU layers apply their linear pieces directly
+    (:mod:`resalign.linearised`); any other branch uses Jacobian-vector
+    products (``torch.func.jvp``, forward mode, vectorised with ``vmap``) and
+    vector-Jacobian products (one reusable ``torch.func.vjp`` of the inputs
+    repeated ``block`` times). Nothing of size ``d_out x d_in`` is formed.
+    The bases are kept semi-orthogonal (their overlaps are measured every
+    step and projected out when they exceed ``sqrt(eps)``, or ``10 tol`` or
+    ``rtol / 10`` if smaller); at the end the top Ritz
+    vectors are re-projected through ``J`` (one more pass of products), which
+    makes ``U`` and ``V`` orthonormal to working precision, and the residuals
+    of the returned triplets are measured (one pass of reverse products).
 
     Parameters
     ----------
     branch : callable
         The residual branch F, ``(N, *in_shape) -> (N, *out_shape)``, in eval
-        mode, differentiable in forward and reverse mode.
+        mode, differentiable in forward and reverse mode; it must map samples
+        independently (no batch statistics).
     h : Tensor
         Inputs of the block, ``(N, *in_shape)``.
     k : int
@@ -556,7 +718,8 @@ def top_singular(
     block : int, default 10
         Vectors added to each Krylov basis per step: one batched ``jvp`` and
         one batched ``vjp`` of ``block`` vectors per input. Smaller blocks need
-        fewer products in total, larger ones vectorise better.
+        fewer products in total, larger ones vectorise better (on a 64x16x16
+        block, k = 30: 6, 10 and 15 took 7.9, 7.5 and 8.3 s).
     iters : int, default 40
         Maximum number of steps (raised to ``ceil(k / block) + 1`` if lower);
         the bases hold at most ``block * iters`` vectors. Blocks with
@@ -564,13 +727,30 @@ def top_singular(
         decomposed exactly through their dense Jacobians, which then take no
         more memory than the bases would.
     tol : float, default 1e-4
-        Stop when none of the top-k Ritz values grew by more than ``tol``
-        (relative) in the last step. Ritz values increase monotonically to the
-        singular values and converge faster than geometrically, so the
-        remaining error is then below ``tol``: on random convolutional blocks
-        of 1,024 to 16,384 dimensions (flat top spectra, the hard case) the
-        default gave relative errors of 1e-6 to 4e-5 on the top 30 values. A
-        ``RuntimeWarning`` reports runs that hit ``iters`` first.
+        Relative accuracy of the singular values. The top-k Ritz values are
+        compared after each step (every second step while some still move by
+        more than ``30 tol``); the run stops once each value moved by at most
+        ``tol`` in the last step and the geometric tail ``c rho / (1 - rho)``
+        of its further moves is at most ``tol`` as well (``c`` its last
+        relative change, ``rho`` the ratio of its last two changes, capped at
+        0.9). Ritz values increase to the singular values and converge about
+        geometrically in the end, so the tail estimates the remaining error.
+        On a random 64x16x16 basic block (flat top spectrum, the hard case)
+        this stopped at Krylov dimension 340 with errors up to 2e-5 on the
+        top 30 values, where stopping at the first change below ``tol``
+        (dimension 310) left errors of 1.5e-4. A heuristic, not a bound: use
+        ``rtol`` for a guarantee.
+    rtol : float, optional
+        Also require the residuals ``r_i = ||J_n^T u_i - s_i v_i||`` of the
+        top-k triplets to be at most ``rtol * s_1`` (``J_n v_i = s_i u_i``
+        holds to rounding by construction). The run stops on the residuals of
+        the Ritz triplets (from the recurrence, no extra products); those of
+        the returned triplets are then measured, reported as
+        ``info["residual"]`` and checked: a ``RuntimeWarning`` says if one
+        exceeds ``rtol * s_1``. What the bound guarantees is in the Notes.
+        Costs more steps: in float32 on a 64x16x16 block, ``rtol = 1e-4``
+        took about a third more than the value test alone. ``rtol`` should
+        exceed ``eps`` of the dtype by a few orders of magnitude.
     batch : int, default 8
         Inputs decomposed together; memory grows linearly with it.
     seed : int, default 0
@@ -578,36 +758,48 @@ def top_singular(
     return_info : bool, default False
         Also return a dict (maxima over input batches) with ``steps``,
         ``dim`` (Krylov dimension), ``products`` (Jacobian-vector plus
-        vector-Jacobian products per input), ``last_change`` and
-        ``error_estimate``, the largest ``(r_i / s_i)^2`` with
-        ``r_i = ||J^T u_i - s_i v_i||`` (an a-posteriori estimate of the
-        relative error of ``s_i``).
+        vector-Jacobian products per input), ``last_change`` (largest
+        relative change of a value at the last look), ``residual`` (the
+        measured ``max_i r_i / s_1`` of the returned triplets) and
+        ``error_estimate``, the largest ``(r_i / s_i)^2`` (an a-posteriori
+        estimate of the relative error of ``s_i`` where its gap to the other
+        singular values is of the order of ``s_i``).
 
     Returns
     -------
     U, S, V : Tensor
         ``(N, d_out, k)``, ``(N, k)`` (descending) and ``(N, d_in, k)``, with
-        ``J_n V_n = U_n diag(S_n)`` up to rounding (paired signs).
+        ``J_n V_n = U_n diag(S_n)`` up to rounding (paired signs) and
+        orthonormal columns.
 
     Raises
     ------
     ValueError
         For an unknown ``post`` or ``skip``, a ``k`` outside
         ``[1, min(d_out, d_in)]``, a non-positive ``block``, ``iters`` or
-        ``batch``, or ``tol`` outside (0, 1).
+        ``batch``, or ``tol`` or ``rtol`` outside (0, 1).
 
     Notes
     -----
+    What ``r_i <= rtol * s_1`` guarantees (with ``J v_i = s_i u_i`` exact):
+    ``s_i`` lies within ``r_i`` of a singular value of ``J_n``, and within
+    ``r_i^2 / gap_i`` if ``gap_i``, the distance from ``s_i`` to the other
+    singular values, exceeds ``r_i``; the sines of the angles between
+    ``u_i, v_i`` and the exact singular vectors are at most ``r_i / gap_i``.
+    Without ``rtol`` the vectors are only as good as the value test makes
+    them: residuals of a few ``1e-3 s_1`` on the 64x16x16 block in float32
+    (and never below about ``sqrt(eps) s_1``, 2e-4 in float32).
+
     Memory is about ``batch * (d_in + d_out) * block * steps`` numbers for the
-    bases plus one vectorised pass of ``batch * block`` samples through the
-    branch. For 8 inputs of a random 64x16x16 basic block, k = 30 and the
-    defaults, the bases grew to 310 vectors (325 MB in float32; 434 MiB peak
-    resident memory in all). Cost per step: one ``jvp`` and one ``vjp`` of
-    ``batch * block`` samples, one Gram-Schmidt pass over each basis and the
-    singular values of the projected matrix.
+    bases plus one pass of ``batch * block`` samples through the branch. For 8
+    inputs of a random 64x16x16 basic block, k = 30 and the defaults, the
+    bases grew to 340 vectors (357 MB in float32). Cost per step: one ``jvp``
+    and one ``vjp`` of ``batch * block`` samples, one overlap pass over each
+    basis (plus a projection pass on the few steps that need one) and the
+    eigenvalues of the projected ``T^T T``.
     """
     check_block_args(post, skip)
-    _check_settings(block, iters, batch, tol)
+    _check_settings(block, iters, batch, tol, rtol)
     h = h.detach()
     d_in = math.prod(h.shape[1:])
     with torch.no_grad():
@@ -616,6 +808,6 @@ def top_singular(
     if min(d_in, d_out) <= block * _max_steps(k, block, iters):
         (u, s, v), info = _dense_route(branch, h, k, post, skip)
     else:
-        settings = _Settings(block, iters, tol, batch, seed)
+        settings = _Settings(block, iters, tol, rtol, batch, seed)
         (u, s, v), info = _lanczos_route(branch, h, k, post, skip, settings)
     return (u, s, v, info) if return_info else (u, s, v)

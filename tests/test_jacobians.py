@@ -8,21 +8,10 @@ from torch import nn
 
 from resalign.jacobians import fc_weights, output_mask, residual_jacobians
 
+from .conftest import conv_branch, randomise_bn
+
 D = 7
 N = 5
-
-
-def _randomise_bn(module: nn.Module, gen: torch.Generator) -> None:
-    """Give every BatchNorm non-trivial running statistics and affine terms."""
-    for m in module.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=gen, dtype=torch.float64))
-            m.running_var.copy_(
-                torch.rand(c, generator=gen, dtype=torch.float64) * 2 + 0.3
-            )
-            m.weight.data.copy_(torch.randn(c, generator=gen, dtype=torch.float64))
-            m.bias.data.copy_(torch.randn(c, generator=gen, dtype=torch.float64))
 
 
 def _fc_branch(seed: int, bn: bool = True, d_out: int = D) -> nn.Sequential:
@@ -39,21 +28,7 @@ def _fc_branch(seed: int, bn: bool = True, d_out: int = D) -> nn.Sequential:
         layers = [nn.Linear(D, D), nn.ReLU(), nn.Linear(D, d_out)]
     branch = nn.Sequential(*layers).double()
     with torch.no_grad():
-        _randomise_bn(branch, torch.Generator().manual_seed(seed + 100))
-    return branch.eval()
-
-
-def _conv_branch(c_in: int, c_out: int, stride: int, seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    branch = nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-    ).double()
-    with torch.no_grad():
-        _randomise_bn(branch, torch.Generator().manual_seed(seed + 100))
+        randomise_bn(branch, torch.Generator().manual_seed(seed + 100))
     return branch.eval()
 
 
@@ -166,16 +141,16 @@ def test_auto_uses_closed_form_only_when_it_applies() -> None:
     assert (
         fc_weights(nn.Sequential(nn.Linear(D, D), nn.Tanh(), nn.Linear(D, D))) is None
     )
-    assert fc_weights(_conv_branch(2, 2, 1, seed=0)) is None
+    assert fc_weights(conv_branch(2, 2, 1, seed=0)) is None
     with pytest.raises(ValueError, match="autodiff"):
         residual_jacobians(
-            _conv_branch(2, 2, 1, 0), torch.rand(1, 2, 4, 4), method="closed"
+            conv_branch(2, 2, 1, 0), torch.rand(1, 2, 4, 4), method="closed"
         )
 
 
 @pytest.mark.parametrize("post", ["relu", None])
 def test_conv_block_autodiff_matches_differences(post) -> None:
-    branch = _conv_branch(4, 4, 1, seed=7)
+    branch = conv_branch(4, 4, 1, seed=7)
     h = torch.rand(3, 4, 6, 6, generator=torch.Generator().manual_seed(8)).double()
     jac = residual_jacobians(branch, h, post)
     assert jac.shape == (3, 144, 144)
@@ -188,7 +163,7 @@ def test_conv_block_autodiff_matches_differences(post) -> None:
 
 def test_downsampling_and_widening_conv_blocks() -> None:
     gen = torch.Generator().manual_seed(9)
-    branch = _conv_branch(2, 4, 2, seed=10)
+    branch = conv_branch(2, 4, 2, seed=10)
     torch.manual_seed(11)
     skip = nn.Sequential(nn.Conv2d(2, 4, 1, stride=2, bias=False), nn.BatchNorm2d(4))
     skip = skip.double().eval()
@@ -198,7 +173,7 @@ def test_downsampling_and_widening_conv_blocks() -> None:
     torch.testing.assert_close(
         jac, _reference(branch, h, "relu", skip), atol=1e-7, rtol=0
     )
-    wide = _conv_branch(2, 6, 1, seed=12)  # d_out > d_in: forward-mode columns
+    wide = conv_branch(2, 6, 1, seed=12)  # d_out > d_in: forward-mode columns
     h = torch.rand(2, 2, 3, 3, generator=gen).double()
     jac = residual_jacobians(wide, h, "relu", None)
     assert jac.shape == (2, 54, 18)
@@ -229,7 +204,7 @@ def test_bad_arguments_name_valid_values(kwargs, match) -> None:
 
 
 def test_chunk_size_must_be_positive() -> None:
-    branch = _conv_branch(2, 2, 1, seed=16)
+    branch = conv_branch(2, 2, 1, seed=16)
     with pytest.raises(ValueError, match="chunk_size"):
         residual_jacobians(branch, torch.rand(1, 2, 3, 3).double(), chunk_size=0)
 

@@ -11,6 +11,8 @@ from torch import nn
 from resalign.jacobians import residual_jacobians
 from resalign.spectra import dense_svd, gram_svd, top_singular
 
+from .conftest import conv_branch
+
 K = 12
 
 
@@ -21,26 +23,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _conv_branch(c_in: int, c_out: int, stride: int, seed: int) -> nn.Sequential:
-    """A basic-block branch in eval mode with non-trivial BatchNorm statistics."""
-    torch.manual_seed(seed)
-    branch = nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-    )
-    with torch.no_grad():
-        for m in branch:
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return branch.double().eval()
 
 
 def _inputs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -78,7 +60,7 @@ def _check_against_dense(jac: torch.Tensor, u, s, v, k: int) -> None:
 
 
 def test_square_conv_block_matches_dense_svd() -> None:
-    branch = _conv_branch(8, 8, 1, seed=0)
+    branch = conv_branch(8, 8, 1, seed=0, mild=True)
     h = _inputs((2, 8, 8, 8), seed=1)  # d = 512
     u, s, v, info = top_singular(branch, h, K, return_info=True)
     assert info["steps"] > 0  # the Lanczos route, not the dense one
@@ -89,7 +71,7 @@ def test_square_conv_block_matches_dense_svd() -> None:
 
 
 def test_downsampling_block_with_projection_skip() -> None:
-    branch = _conv_branch(8, 16, 2, seed=2)
+    branch = conv_branch(8, 16, 2, seed=2, mild=True)
     torch.manual_seed(3)
     skip = nn.Sequential(nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16))
     skip = skip.double().eval()
@@ -105,7 +87,7 @@ def test_downsampling_block_with_projection_skip() -> None:
 
 
 def test_pre_activation_block_without_skip() -> None:
-    branch = _conv_branch(4, 4, 1, seed=5)
+    branch = conv_branch(4, 4, 1, seed=5, mild=True)
     h = _inputs((1, 4, 8, 8), seed=6)  # d = 256
     u, s, v = top_singular(branch, h, 6, post=None, skip=None, iters=10)
     assert not (u.requires_grad or s.requires_grad or v.requires_grad)
@@ -113,7 +95,7 @@ def test_pre_activation_block_without_skip() -> None:
 
 
 def test_k_near_full_rank_takes_the_exact_route() -> None:
-    branch = _conv_branch(4, 4, 1, seed=16)
+    branch = conv_branch(4, 4, 1, seed=16, mild=True)
     h = _inputs((1, 4, 8, 8), seed=17)  # d = 256
     u, s, v, info = top_singular(branch, h, 250, block=4, iters=10, return_info=True)
     assert info["steps"] == 0 and s.shape == (1, 250)
@@ -122,7 +104,7 @@ def test_k_near_full_rank_takes_the_exact_route() -> None:
 
 
 def test_seed_makes_runs_reproducible_and_batches_independent() -> None:
-    branch = _conv_branch(4, 4, 1, seed=7)
+    branch = conv_branch(4, 4, 1, seed=7, mild=True)
     h = _inputs((3, 4, 8, 8), seed=8)
     a = top_singular(branch, h, 5, iters=12, seed=3)
     b = top_singular(branch, h, 5, iters=12, seed=3)
@@ -133,14 +115,14 @@ def test_seed_makes_runs_reproducible_and_batches_independent() -> None:
 
 
 def test_warns_when_iterations_run_out() -> None:
-    branch = _conv_branch(4, 4, 1, seed=9)
+    branch = conv_branch(4, 4, 1, seed=9, mild=True)
     h = _inputs((1, 4, 8, 8), seed=10)
     with pytest.warns(RuntimeWarning, match="iters"):
         top_singular(branch, h, 4, block=4, iters=2)
 
 
 def test_float32_inputs_keep_their_dtype() -> None:
-    branch = _conv_branch(4, 4, 1, seed=11).float()
+    branch = conv_branch(4, 4, 1, seed=11, mild=True).float()
     h = _inputs((1, 4, 8, 8), seed=12).float()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -148,6 +130,71 @@ def test_float32_inputs_keep_their_dtype() -> None:
     assert u.dtype == s.dtype == v.dtype == torch.float32
     exact = torch.linalg.svdvals(residual_jacobians(branch.double(), h.double()))
     torch.testing.assert_close(s.double(), exact[:, :4], rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "rtol"), [(torch.float64, 1e-8), (torch.float32, 1e-4)]
+)
+def test_residual_tolerance_bounds_the_returned_triplets(dtype, rtol) -> None:
+    branch = conv_branch(8, 8, 1, seed=18, mild=True)
+    h = _inputs((2, 8, 8, 8), seed=19)  # d = 512
+    jac = residual_jacobians(branch, h).double()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        u, s, v, info = top_singular(
+            branch.to(dtype), h.to(dtype), K, rtol=rtol, return_info=True
+        )
+    assert info["steps"] > 0
+    u, s, v = u.double(), s.double(), v.double()
+    scale = s[:, :1]
+    # The stated guarantee: ||J^T u_i - s_i v_i|| <= rtol * s_1 for all i ...
+    back = torch.linalg.vector_norm(jac.mT @ u - v * s[:, None, :], dim=1)
+    assert float((back / scale).max()) <= rtol
+    # ... measured and reported ...
+    assert abs(info["residual"] - float((back / scale).max())) < 0.1 * rtol
+    # ... with J v_i = s_i u_i to rounding and orthonormal vectors.
+    eps = torch.finfo(dtype).eps
+    fwd = torch.linalg.vector_norm(jac @ v - u * s[:, None, :], dim=1)
+    assert float((fwd / scale).max()) < 100 * eps
+    eye = torch.eye(K, dtype=torch.float64).expand(2, K, K)
+    torch.testing.assert_close(u.mT @ u, eye, rtol=0, atol=100 * eps)
+    torch.testing.assert_close(v.mT @ v, eye, rtol=0, atol=100 * eps)
+    # Each s_i lies within r_i of a singular value (here: its own).
+    exact = torch.linalg.svdvals(jac)[:, :K]
+    assert bool(((s - exact).abs() <= back + 100 * eps * scale).all())
+    # A tighter residual bound than the value test alone takes more steps.
+    plain = top_singular(branch.to(dtype), h.to(dtype), K, return_info=True)[3]
+    assert plain["residual"] > info["residual"]
+    assert plain["dim"] <= info["dim"]
+
+
+def test_default_stop_gives_values_to_tol_on_a_flat_spectrum() -> None:
+    # 16 channels at 8x8 (d = 1,024) in float32 with k = 30, the size of the
+    # benchmark's quick case (flat top spectrum), on the default settings.
+    branch = conv_branch(16, 16, 1, seed=23, mild=True).float()
+    h = _inputs((2, 16, 8, 8), seed=24).float()
+    u, s, v, info = top_singular(branch, h, 30, return_info=True)
+    assert info["steps"] > 0 and info["last_change"] <= 1e-4
+    jac = residual_jacobians(branch.double(), h.double())
+    exact = torch.linalg.svdvals(jac)[:, :30]
+    torch.testing.assert_close(s.double(), exact, rtol=1e-4, atol=0)
+    back = torch.linalg.vector_norm(
+        jac.mT @ u.double() - v.double() * s[:, None], dim=1
+    )
+    assert abs(info["residual"] - float((back / s[:, :1]).max())) < 1e-5
+
+
+def test_autodiff_route_matches_the_linear_pieces() -> None:
+    # A plain function hides the layers: products go through jvp/vjp instead.
+    branch = conv_branch(8, 8, 2, seed=25, mild=True)
+    h = _inputs((3, 8, 10, 10), seed=26)
+    skip = nn.Conv2d(8, 8, 1, stride=2).double()
+    fast = top_singular(branch, h, K, skip=skip, return_info=True)
+    slow = top_singular(lambda x: branch(x), h, K, skip=skip, return_info=True)
+    assert fast[3]["products"] == slow[3]["products"]
+    torch.testing.assert_close(fast[1], slow[1], rtol=1e-9, atol=0)
+    jac = residual_jacobians(branch, h, skip=skip)
+    _check_against_dense(jac, *slow[:3], K)
 
 
 def test_dense_svd_matches_unchunked_svd() -> None:
@@ -174,10 +221,11 @@ def test_dense_svd_matches_unchunked_svd() -> None:
         ({"skip": "proj"}, "identity"),
         ({"block": 0}, "block"),
         ({"tol": 0.0}, "tol"),
+        ({"rtol": 1.5}, "rtol"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match) -> None:
-    branch = _conv_branch(8, 8, 1, seed=14)
+    branch = conv_branch(8, 8, 1, seed=14, mild=True)
     h = _inputs((1, 8, 8, 8), seed=15)
     args = {"k": 3} | kwargs
     with pytest.raises(ValueError, match=match):
