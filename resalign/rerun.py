@@ -21,6 +21,7 @@ import ast
 import base64
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,9 @@ CHAPTERS = ROOT / "chapters"
 PARAMS = CHAPTERS / "params"
 #: Keys of a preset besides its parameters.
 _PRESET_KEYS = {"description", "estimate", "parameters"}
+#: Held by a rerun: the metrics path reaches the kernel through this process's
+#: environment and papermill changes its working directory, both global.
+_ONE_AT_A_TIME = threading.Lock()
 
 
 @dataclass
@@ -188,7 +192,16 @@ def rerun(the_plan: Plan, *, progress: bool = True, kernel: str = "python3") -> 
     run ends, so an interrupted run never leaves a notebook that looks complete.
     A chapter whose claims fail raises ``papermill.PapermillExecutionError``
     after its outputs (including ``metrics.json``) are saved.
+
+    Reruns in one process take turns (the kernel finds ``metrics.json``
+    through this process's environment); run them in parallel in separate
+    processes, as ``python -m resalign sweep`` does.
     """
+    with _ONE_AT_A_TIME:
+        return _rerun(the_plan, progress, kernel)
+
+
+def _rerun(the_plan: Plan, progress: bool, kernel: str) -> Path:
     import papermill
 
     from .store import atomic_write_json

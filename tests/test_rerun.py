@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import nbformat
 import pytest
@@ -76,6 +77,21 @@ def test_failed_claim_keeps_outputs_and_is_not_done(tmp_path):
     metrics = json.loads((the_plan.out / "metrics.json").read_text())
     assert metrics["checks"][0]["passed"] is False
     assert not rr.is_done(the_plan.out)
+
+
+def test_reruns_from_threads_each_keep_their_own_metrics(tmp_path):
+    # The metrics path reaches each kernel through the process environment:
+    # reruns started from two threads must not hand it to each other's kernel.
+    folder = _write_chapter(tmp_path / "chapters")
+    plans = [
+        rr.plan("tiny", "cpu", {"seed": s}, tmp_path / f"out{s}", folder=folder)
+        for s in (0, 1)
+    ]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda p: rr.rerun(p, progress=False), plans))
+    for s, the_plan in zip((0, 1), plans, strict=True):
+        metrics = json.loads((the_plan.out / "metrics.json").read_text())
+        assert metrics["checks"][0]["value"] == s
 
 
 def test_sweep_on_a_local_cluster_keeps_results_and_skips_done_jobs(tmp_path):
