@@ -374,8 +374,13 @@ def _orthonormal_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.mT, r
 
 
+#: Below this share of its norm before projection, a new Lanczos vector has
+#: lost so much to cancellation that it is re-orthogonalised once more.
+_CANCELLED = 1e-2
+
+
 def _orthogonalise(
-    w: torch.Tensor, basis: torch.Tensor, recent: int, limit: float
+    w: torch.Tensor, basis: torch.Tensor, recent: int, limit: float, scale: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Orthonormalise the rows of ``w`` against orthonormal ``basis`` rows.
 
@@ -386,12 +391,18 @@ def _orthogonalise(
     where it exceeds ``limit`` times the row's norm. Lanczos bases orthogonal
     to ``sqrt(eps)`` (semi-orthogonal) give Ritz values as accurate as fully
     re-orthogonalised ones, and Ritz vectors good to about ``limit``; most
-    steps skip the second pass.
+    steps skip the second pass. Inputs whose new rows cancelled almost
+    entirely (the Krylov space is nearly invariant, or the operator's rank is
+    exhausted) are repaired by :func:`_repair`.
+
+    ``scale`` (N,) is the size of the operator seen so far (the largest entry
+    of its projection), against which a new direction counts as rounding.
 
     Returns the orthonormalised rows ``q``, the coefficients ``c`` (N, b, m)
     with ``w = c basis + R^T q`` up to the skipped overlaps, and ``R`` (N, b, b).
     """
     m = basis.shape[1]
+    before = torch.linalg.vector_norm(w, dim=-1)  # (N, b)
     coef = w.new_zeros(w.shape[0], w.shape[1], m)
     if m:
         last = basis[:, m - recent :]
@@ -405,7 +416,42 @@ def _orthogonalise(
             coef[i] = overlap[i]
         coef[:, :, m - recent :] += c_last
     q, r = _orthonormal_rows(w)
+    kept = r.diagonal(dim1=-2, dim2=-1).abs()  # (N, b)
+    rounding = 10 * torch.finfo(w.dtype).eps * math.sqrt(w.shape[-1])
+    floor = rounding * torch.maximum(before.amax(1), scale)[:, None]
+    lost = kept <= floor
+    weak = (kept < _CANCELLED * before) | lost
+    for i in weak.any(1).nonzero().flatten().tolist():
+        q[i], r[i], extra = _repair(w[i], q[i], lost[i], basis[i], seed=m + i)
+        coef[i] += extra
     return q, coef, r
+
+
+def _repair(
+    w: torch.Tensor, q: torch.Tensor, lost: torch.Tensor, basis: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """New Lanczos rows of one input after heavy cancellation or a breakdown.
+
+    ``w`` (b, d) are the projected rows, ``q`` their orthonormalised rows and
+    ``lost`` (b,) marks rows whose new direction is at rounding level: those
+    are replaced by random directions (a breakdown of the recurrence, e.g.
+    once the Krylov dimension exceeds the rank; the random rows start fresh
+    Krylov chains, coupled to the old ones by about zero). All rows are then
+    projected off the basis twice and orthonormalised, kept rows first so
+    that their span is kept. Returns ``(q, R, c)`` with ``w = c basis + R^T
+    q`` to rounding (``R`` is then a full ``b x b`` block).
+    """
+    gen = torch.Generator(device=w.device).manual_seed(seed)
+    fresh = torch.randn(q.shape, generator=gen, dtype=q.dtype, device=q.device)
+    order = torch.argsort(lost.to(torch.int8), stable=True)  # kept rows first
+    z = torch.where(lost[:, None], fresh, q)[order]
+    for _ in range(2):
+        if basis.shape[0]:
+            z = z - (z @ basis.mT) @ basis
+        z = torch.linalg.qr(z.mT)[0].mT
+    r = z @ w.mT  # (b, b): w ~ r^T z
+    extra = (w - r.mT @ z) @ basis.mT if basis.shape[0] else w.new_zeros(len(w), 0)
+    return z, r, extra
 
 
 @dataclass
@@ -440,12 +486,17 @@ def _lanczos_step(
     lo, hi = kry.size, kry.size + p_new.shape[1]
     kry.p[:, lo:hi] = p_new
     b = p_new.shape[1]
-    q_new, coef, r = _orthogonalise(op.matvec(p_new), kry.q[:, :lo], b, limit)
+    seen = kry.t[:, :lo, :lo].abs().flatten(1)
+    scale = (seen.amax(1) if lo else seen.new_zeros(op.n)).to(p_new.dtype)
+    q_new, coef, r = _orthogonalise(op.matvec(p_new), kry.q[:, :lo], b, limit, scale)
     kry.q[:, lo:hi] = q_new
     kry.t[:, :lo, lo:hi] = coef.mT.double()
     kry.t[:, lo:hi, lo:hi] = r.double()
     kry.size = hi
-    p_next, _, r_next = _orthogonalise(op.rmatvec(q_new), kry.p[:, :hi], b, limit)
+    scale = torch.maximum(scale, r.abs().flatten(1).amax(1))
+    p_next, _, r_next = _orthogonalise(
+        op.rmatvec(q_new), kry.p[:, :hi], b, limit, scale
+    )
     return p_next, r_next
 
 

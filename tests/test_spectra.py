@@ -184,6 +184,30 @@ def test_default_stop_gives_values_to_tol_on_a_flat_spectrum() -> None:
     assert abs(info["residual"] - float((back / s[:, :1]).max())) < 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_krylov_dimension_beyond_the_rank(dtype) -> None:
+    # Through one channel the 512-d block has rank at most 64, yet min(d) = 512
+    # keeps the Lanczos route: the recurrence breaks down at dimension 64 and
+    # must deflate (not normalise rounding noise into new basis vectors).
+    torch.manual_seed(7)
+    branch = nn.Sequential(nn.Conv2d(8, 1, 3, padding=1), nn.Conv2d(1, 8, 1))
+    branch = branch.to(dtype).eval()
+    h = _inputs((2, 8, 8, 8), seed=8).to(dtype)
+    jac = residual_jacobians(branch, h, post=None)
+    assert int(torch.linalg.matrix_rank(jac).max()) <= 64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # it converges
+        out = top_singular(branch, h, K, post=None, iters=20, return_info=True)
+    u, s, v, info = out
+    assert info["steps"] > 0 and info["dim"] > 64
+    if dtype == torch.float64:
+        _check_against_dense(jac, u, s, v, K)
+    else:
+        exact = torch.linalg.svdvals(jac.double())[:, :K].to(dtype)
+        torch.testing.assert_close(s, exact, rtol=1e-4, atol=0)
+        assert info["residual"] < 1e-2
+
+
 def test_autodiff_route_matches_the_linear_pieces() -> None:
     # A plain function hides the layers: products go through jvp/vjp instead.
     branch = conv_branch(8, 8, 2, seed=25, mild=True)
