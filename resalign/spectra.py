@@ -751,6 +751,10 @@ def top_singular(
     vectors are re-projected through ``J`` (one more pass of products), which
     makes ``U`` and ``V`` orthonormal to working precision, and the residuals
     of the returned triplets are measured (one pass of reverse products).
+    Where the Krylov dimension reaches a Jacobian's rank (ReLU masks make
+    many ranks small) the recurrence breaks down: the new directions at
+    rounding level are replaced by random ones, so the run converges instead
+    of filling its bases with noise.
 
     Parameters
     ----------
