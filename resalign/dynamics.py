@@ -21,7 +21,7 @@ from torch import nn
 from .data import first_per_class
 from .measurement import measure
 from .store import Config, Store, Trained, default_store
-from .training import History, accuracy, epochs_for, resolve_device, train
+from .training import History, accuracy, epochs_for, resolve_device
 
 __all__ = ["Recorder", "Trajectory", "record", "schedule"]
 
@@ -268,21 +268,7 @@ def record(
                 f"at {len(recorder.at)} points"
             )
         start = time.perf_counter()
-        history = train(
-            model,
-            data,
-            epochs=config.epochs,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            momentum=config.momentum,
-            seed=config.seed,
-            device=dev,
-            progress=progress,
-            eval_every=10,
-            callback=recorder,
-        )
+        history = config.train(model, data, dev, progress=progress, callback=recorder)
         total = time.perf_counter() - start
         traj = recorder.trajectory
         traj.train_seconds = total - traj.measure_seconds

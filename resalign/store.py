@@ -171,6 +171,37 @@ class Config:
         shape = tuple(data.x_train.shape[1:])
         return build_model(self.model, shape, data.num_classes, **options)
 
+    def train(
+        self,
+        model: nn.Module,
+        data: _data.Dataset,
+        device: torch.device,
+        *,
+        progress: bool = False,
+        callback: Callable | None = None,
+    ) -> History:
+        """Train ``model`` on ``data`` with this configuration's settings.
+
+        Calls :func:`resalign.training.train` with the length, batch size,
+        optimiser settings and seed held here (evaluating every 10 epochs);
+        ``callback`` as there.
+        """
+        return train(
+            model,
+            data,
+            epochs=self.epochs,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            seed=self.seed,
+            device=device,
+            progress=progress,
+            eval_every=10,
+            callback=callback,
+        )
+
     def describe(self) -> str:
         """A short human-readable label."""
         classes = "" if self.classes is None else f", classes={self.classes}"
@@ -402,20 +433,7 @@ class Store:
         if progress:
             print(f"training {config.describe()} on {dev} (not in the store yet)")
         start = time.perf_counter()
-        history = train(
-            model,
-            data,
-            epochs=config.epochs,
-            steps=config.steps,
-            batch_size=config.batch_size,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            momentum=config.momentum,
-            seed=config.seed,
-            device=dev,
-            progress=progress,
-            eval_every=10,
-        )
+        history = config.train(model, data, dev, progress=progress)
         result = Trained(model, data, history, config)
         self.save(result, time.perf_counter() - start, str(dev))
         return result
