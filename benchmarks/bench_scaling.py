@@ -11,7 +11,7 @@ Measures a small grid around a base point, one parameter at a time:
 Prints a markdown table (with the log-log slope of each sweep) and saves a
 log-log plot to ``benchmarks/scaling.png``. Each point is the fastest of
 ``--repeats`` runs after a warm-up; only the growth is of interest. Run
-``python benchmarks/bench_scaling.py`` (about five minutes on 2 shared CPU
+``python benchmarks/bench_scaling.py`` (25 s on 2 quiet CPU
 cores) or with ``--quick``.
 """
 
@@ -30,12 +30,13 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 import torch
-from torch import nn
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from blocks import conv_branch, fc_branch  # noqa: E402
 
 from resalign.jacobians import residual_jacobians  # noqa: E402
 from resalign.spectra import top_singular  # noqa: E402
@@ -73,51 +74,9 @@ class Sweep:
         return float(np.polyfit(x, y, 1)[0])
 
 
-def _frozen(module: nn.Module, seed: int) -> nn.Module:
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            c = m.num_features
-            with torch.no_grad():
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
-def conv_block(channels: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return _frozen(
-        nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-            nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-        ),
-        seed,
-    )
-
-
-def fc_block(width: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return _frozen(
-        nn.Sequential(
-            nn.Linear(width, width, bias=False),
-            nn.BatchNorm1d(width),
-            nn.ReLU(),
-            nn.Linear(width, width, bias=False),
-            nn.BatchNorm1d(width),
-        ),
-        seed,
-    )
-
-
 def run_top_singular(p: Point) -> tuple[float, str]:
     """Seconds for the top-k triplets of L conv blocks at N inputs each."""
-    blocks = [conv_block(p.width, seed=i) for i in range(p.blocks)]
+    blocks = [conv_branch(p.width, seed=i) for i in range(p.blocks)]
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(p.n, p.width, p.side, p.side, generator=gen).relu()
     dims = []
@@ -130,7 +89,7 @@ def run_top_singular(p: Point) -> tuple[float, str]:
 
 def run_jacobians(method: str) -> Callable[[Point], tuple[float, str]]:
     def run(p: Point) -> tuple[float, str]:
-        blocks = [fc_block(p.width, seed=i) for i in range(p.blocks)]
+        blocks = [fc_branch(p.width, seed=i) for i in range(p.blocks)]
         h = torch.randn(p.n, p.width, generator=torch.Generator().manual_seed(0))
         start = time.perf_counter()
         for block in blocks:

@@ -48,6 +48,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from blocks import conv_branch, fc_branch  # noqa: E402
+
 from resalign.jacobians import output_mask, residual_jacobians  # noqa: E402
 from resalign.spectra import dense_svd, gram_svd, top_singular  # noqa: E402
 
@@ -101,31 +103,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def randomise_bn(module: nn.Module, seed: int) -> None:
-    """Give every BatchNorm mild, non-trivial running statistics and affine terms."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            c = m.num_features
-            with torch.no_grad():
-                m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
-                m.weight.copy_(0.5 + torch.rand(c, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(c, generator=gen))
-
-
-def frozen_eval(module: nn.Module, seed: int) -> nn.Module:
-    """Kaiming-initialised weights, random BN statistics, eval mode, no grads."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    randomise_bn(module, seed)
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
-
-
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -146,18 +123,6 @@ def rel_diff(a: torch.Tensor, b: torch.Tensor, floor: float = 1e-3) -> float:
 # --------------------------------------------------------------------------
 # 1. Conv basic block
 # --------------------------------------------------------------------------
-
-
-def conv_branch(channels: int, seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    branch = nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-    )
-    return frozen_eval(branch, seed)
 
 
 def authors_row_seconds(branch: nn.Module, h1: torch.Tensor, rows: int) -> float:
@@ -308,18 +273,6 @@ def bench_conv(case: ConvCase, versus: Path | None = None, repeat: int = 1) -> N
 # --------------------------------------------------------------------------
 # 2. FC blocks
 # --------------------------------------------------------------------------
-
-
-def fc_branch(width: int, seed: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    branch = nn.Sequential(
-        nn.Linear(width, width, bias=False),
-        nn.BatchNorm1d(width),
-        nn.ReLU(),
-        nn.Linear(width, width, bias=False),
-        nn.BatchNorm1d(width),
-    )
-    return frozen_eval(branch, seed)
 
 
 def fc_chain(case: FCCase) -> tuple[list[nn.Module], list[torch.Tensor]]:
