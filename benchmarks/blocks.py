@@ -8,8 +8,15 @@ spectrum is flat, the hard case for iterative solvers.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from resalign import models  # noqa: E402
 
 
 def randomise_bn(module: nn.Module, seed: int) -> None:
@@ -40,24 +47,10 @@ def frozen_eval(module: nn.Module, seed: int) -> nn.Module:
 def conv_branch(channels: int, seed: int) -> nn.Sequential:
     """A random ``channels -> channels`` 3x3 basic-block branch."""
     torch.manual_seed(seed)
-    branch = nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU(),
-        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(channels),
-    )
-    return frozen_eval(branch, seed)
+    return frozen_eval(models.conv_branch(channels, channels), seed)
 
 
 def fc_branch(width: int, seed: int) -> nn.Sequential:
     """A random ``width -> width`` fully-connected basic-block branch."""
     torch.manual_seed(seed)
-    branch = nn.Sequential(
-        nn.Linear(width, width, bias=False),
-        nn.BatchNorm1d(width),
-        nn.ReLU(),
-        nn.Linear(width, width, bias=False),
-        nn.BatchNorm1d(width),
-    )
-    return frozen_eval(branch, seed)
+    return frozen_eval(models.fc_branch(width), seed)

@@ -33,6 +33,8 @@ __all__ = [
     "FCResNet",
     "MODELS",
     "build_model",
+    "conv_branch",
+    "fc_branch",
     "fold_batchnorm",
 ]
 
@@ -73,6 +75,31 @@ def _check_positive(**values: int) -> None:
 def _check_prob(drop_prob: float) -> None:
     if not 0.0 <= drop_prob < 1.0:
         raise ValueError(f"drop_prob must lie in [0, 1), got {drop_prob!r}")
+
+
+def fc_branch(width: int) -> nn.Sequential:
+    """The branch of an FC block: Linear-BN-ReLU-Linear-BN, ``width -> width``."""
+    return nn.Sequential(
+        nn.Linear(width, width, bias=False),
+        nn.BatchNorm1d(width),
+        nn.ReLU(),
+        nn.Linear(width, width, bias=False),
+        nn.BatchNorm1d(width),
+    )
+
+
+def conv_branch(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """The branch of a basic block: 3x3 Conv-BN-ReLU-Conv-BN, ``c_in -> c_out``.
+
+    ``stride`` applies to the first convolution (2 in a downsampling block).
+    """
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+    )
 
 
 class _Residual(nn.Module):
@@ -204,21 +231,11 @@ class FCResNet(_ResNet):
             nn.ReLU(),
         )
         self.layers = nn.ModuleList(
-            _Residual(self._branch(width), None, skip, drop_prob) for _ in range(depth)
+            _Residual(fc_branch(width), None, skip, drop_prob) for _ in range(depth)
         )
         self.classifier = nn.Linear(width, num_classes)
         self.shapes = [(width,)] * (depth + 1)
         self._init_weights()
-
-    @staticmethod
-    def _branch(width: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Linear(width, width, bias=False),
-            nn.BatchNorm1d(width),
-            nn.ReLU(),
-            nn.Linear(width, width, bias=False),
-            nn.BatchNorm1d(width),
-        )
 
 
 class ConvResNet(_ResNet):
@@ -283,13 +300,7 @@ class ConvResNet(_ResNet):
                     nn.Conv2d(c, c_out, 1, stride=2, bias=False), nn.BatchNorm2d(c_out)
                 )
                 side = (side + 1) // 2
-            branch = nn.Sequential(
-                nn.Conv2d(c, c_out, 3, stride=stride, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(),
-                nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-            )
+            branch = conv_branch(c, c_out, stride)
             layers.append(_Residual(branch, shortcut, skip, drop_prob))
             shapes.append((c_out, side, side))
             c = c_out

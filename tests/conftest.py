@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from resalign import models
 from resalign.data import Dataset, load_dataset
 
 torch.set_num_threads(1)
@@ -66,12 +67,6 @@ def conv_branch(
 ) -> nn.Sequential:
     """A basic-block branch (conv-BN-ReLU-conv-BN), float64, eval mode, random BN."""
     torch.manual_seed(seed)
-    branch = nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.ReLU(),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-    ).double()
+    branch = models.conv_branch(c_in, c_out, stride).double()
     randomise_bn(branch, torch.Generator().manual_seed(seed + 100), mild)
     return branch.eval()
