@@ -419,10 +419,10 @@ def _orthogonalise(
     kept = r.diagonal(dim1=-2, dim2=-1).abs()  # (N, b)
     rounding = 10 * torch.finfo(w.dtype).eps * math.sqrt(w.shape[-1])
     floor = rounding * torch.maximum(before.amax(1), scale)[:, None]
-    lost = kept <= floor
-    weak = (kept < _CANCELLED * before) | lost
+    gone = kept <= floor  # (N, b): rows whose new direction is rounding
+    weak = (kept < _CANCELLED * before) | gone
     for i in weak.any(1).nonzero().flatten().tolist():
-        q[i], r[i], extra = _repair(w[i], q[i], lost[i], basis[i], seed=m + i)
+        q[i], r[i], extra = _repair(w[i], q[i], gone[i], basis[i], seed=m + i)
         coef[i] += extra
     return q, coef, r
 
@@ -465,6 +465,7 @@ class _Krylov:
     p: torch.Tensor  # (N, cap, d_in) right basis, filled up to ``size``
     q: torch.Tensor  # (N, cap, d_out) left basis
     t: torch.Tensor  # (N, cap, cap) projected matrix Q^T A P (float64)
+    scale: torch.Tensor  # (N,) largest |entry| of T so far, in the bases' dtype
     size: int = 0
 
     @classmethod
@@ -473,6 +474,7 @@ class _Krylov:
             p=like.new_empty(op.n, cap, op.d_in),
             q=like.new_empty(op.n, cap, op.d_out),
             t=like.new_zeros(op.n, cap, cap, dtype=torch.float64),
+            scale=like.new_zeros(op.n),
         )
 
     def projected(self) -> torch.Tensor:
@@ -486,17 +488,19 @@ def _lanczos_step(
     lo, hi = kry.size, kry.size + p_new.shape[1]
     kry.p[:, lo:hi] = p_new
     b = p_new.shape[1]
-    seen = kry.t[:, :lo, :lo].abs().flatten(1)
-    scale = (seen.amax(1) if lo else seen.new_zeros(op.n)).to(p_new.dtype)
-    q_new, coef, r = _orthogonalise(op.matvec(p_new), kry.q[:, :lo], b, limit, scale)
+    w = op.matvec(p_new)
+    q_new, coef, r = _orthogonalise(w, kry.q[:, :lo], b, limit, kry.scale)
     kry.q[:, lo:hi] = q_new
     kry.t[:, :lo, lo:hi] = coef.mT.double()
     kry.t[:, lo:hi, lo:hi] = r.double()
     kry.size = hi
-    scale = torch.maximum(scale, r.abs().flatten(1).amax(1))
+    scale = torch.maximum(kry.scale, r.abs().flatten(1).amax(1))
     p_next, _, r_next = _orthogonalise(
         op.rmatvec(q_new), kry.p[:, :hi], b, limit, scale
     )
+    if lo:
+        scale = torch.maximum(scale, coef.abs().flatten(1).amax(1))
+    kry.scale = scale  # = max |T[:hi, :hi]|, kept rather than re-read each step
     return p_next, r_next
 
 
