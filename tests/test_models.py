@@ -21,7 +21,7 @@ def _warm_bn(model: torch.nn.Module, shape: tuple[int, ...]) -> None:
                 m.bias.uniform_(-0.2, 0.2, generator=gen)
                 m.momentum = 0.5
         for _ in range(3):
-            model(torch.rand(32, *shape, generator=gen))
+            model(torch.rand(32, *shape, generator=gen).to(model.classifier.weight))
     model.eval()
 
 
@@ -67,20 +67,27 @@ def test_conv_view_reproduces_the_downsampling_block():
 
 
 @pytest.mark.parametrize(
-    "model, shape",
+    "build, shape",
     [
-        (FCResNet((1, 8, 8), 4, width=16, depth=3), (1, 8, 8)),
-        (ConvResNet((1, 12, 12), 4, width=4, depth=3, downsample=True), (1, 12, 12)),
+        (lambda: FCResNet((1, 8, 8), 4, width=16, depth=3), (1, 8, 8)),
+        (
+            lambda: ConvResNet((1, 12, 12), 4, width=4, depth=3, downsample=True),
+            (1, 12, 12),
+        ),
     ],
 )
-def test_fold_batchnorm_keeps_the_function(model, shape):
+def test_fold_batchnorm_keeps_the_function(build, shape):
+    # In float64, so that what is compared is the folding, not float32 rounding
+    # (which exceeded 1e-5 for some random models and inputs).
+    torch.manual_seed(0)
+    model = build().double()
     _warm_bn(model, shape)
     folded = fold_batchnorm(model)
     assert not any(
         isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))
         for m in folded.modules()
     )
-    x = torch.rand(9, *shape)
+    x = torch.rand(9, *shape, generator=torch.Generator().manual_seed(2)).double()
     with torch.no_grad():
         ref, out = model(x), folded(x)
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
