@@ -39,6 +39,7 @@ __all__ = [
     "SKIPS",
     "check_block_args",
     "fc_weights",
+    "fold_bn",
     "output_mask",
     "quiet_forward_ad",
     "residual_jacobians",
@@ -139,16 +140,22 @@ def _affine(linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     return weight, linear.bias.detach()
 
 
-def _fold_bn(
-    weight: torch.Tensor, bias: torch.Tensor, bn: nn.BatchNorm1d
+def fold_bn(
+    weight: torch.Tensor, bias: torch.Tensor, bn: nn.Module
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm into the preceding affine map."""
+    """Fold an eval-mode BatchNorm into the affine map before it.
+
+    ``weight`` is that of a Linear ``(out, in)`` or Conv2d ``(out, in, kh, kw)``
+    and ``bias`` its ``(out,)`` bias (zeros if it has none); returns the
+    weight and bias of ``bn(layer(x))`` from ``bn``'s running statistics.
+    """
     scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
     shift = -bn.running_mean.detach() * scale
     if bn.affine:
         scale = scale * bn.weight.detach()
         shift = shift * bn.weight.detach() + bn.bias.detach()
-    return weight * scale[:, None], bias * scale + shift
+    per_output = scale.reshape(-1, *[1] * (weight.dim() - 1))
+    return weight * per_output, bias * scale + shift
 
 
 def _bn_usable(bn: nn.Module) -> bool:
@@ -189,8 +196,8 @@ def fc_weights(branch: Branch) -> _FCWeights | None:
     w1, b1 = _affine(lin1)
     w2, b2 = _affine(lin2)
     if bn1 is not None:
-        w1, b1 = _fold_bn(w1, b1, bn1)
-        w2, b2 = _fold_bn(w2, b2, bn2)
+        w1, b1 = fold_bn(w1, b1, bn1)
+        w2, b2 = fold_bn(w2, b2, bn2)
     return _FCWeights(w1, b1, w2, b2)
 
 

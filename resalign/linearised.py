@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .jacobians import Branch
+from .jacobians import Branch, fold_bn
 
 __all__ = ["Linearised", "linearise"]
 
@@ -115,13 +115,7 @@ def _fold(layer: _Affine, bn: nn.Module) -> _Affine | None:
         and bn.running_var is not None
     ):
         return None
-    scale = torch.rsqrt(bn.running_var.detach() + bn.eps)
-    shift = -bn.running_mean.detach() * scale
-    if bn.affine:
-        scale = scale * bn.weight.detach()
-        shift = shift * bn.weight.detach() + bn.bias.detach()
-    weight = layer.weight * scale.reshape(-1, *[1] * (layer.weight.dim() - 1))
-    return _Affine(weight, layer.bias * scale + shift, layer.conv)
+    return _Affine(*fold_bn(layer.weight, layer.bias, bn), layer.conv)
 
 
 def _pieces(branch: Branch) -> list[_Affine | None] | None:

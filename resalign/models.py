@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torchvision.ops import stochastic_depth
 
+from .jacobians import fold_bn
+
 __all__ = [
     "BlockView",
     "ConvResNet",
@@ -326,12 +328,11 @@ def build_model(
 
 def _fold_pair(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """Return a copy of ``layer`` (Linear or Conv2d) with ``bn`` folded in."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
+    weight = layer.weight.detach()
+    bias = weight.new_zeros(weight.shape[0]) if layer.bias is None else layer.bias
+    weight, bias = fold_bn(weight, bias.detach(), bn)
     folded = copy.deepcopy(layer)
-    shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-    folded.weight = nn.Parameter(layer.weight * scale.view(shape))
-    bias = shift if layer.bias is None else layer.bias * scale + shift
+    folded.weight = nn.Parameter(weight)
     folded.bias = nn.Parameter(bias)
     return folded
 
